@@ -1,0 +1,222 @@
+"""Weight names: lab <-> transformers. Renames are regex rules on lab's names; the few tensors
+whose layout differs (fused q/k/v, BLIP-2's q/v-only bias, leading singleton dims) are special."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from lab.models import VLMConfig
+
+Tensors = dict[str, torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint whose tensors are missing, unexpected or of the wrong shape."""
+
+
+def _llm_rules(p: str, head: str) -> list[tuple[str, str]]:
+    return [
+        (r"llm\.embed\.weight", p + "embed_tokens.weight"),
+        (r"llm\.layers\.(\d+)\.attn\.(q|k|v|o)\.(weight|bias)", p + r"layers.\1.self_attn.\2_proj.\3"),
+        (r"llm\.layers\.(\d+)\.attn_norm\.weight", p + r"layers.\1.input_layernorm.weight"),
+        (r"llm\.layers\.(\d+)\.mlp_norm\.weight", p + r"layers.\1.post_attention_layernorm.weight"),
+        (r"llm\.layers\.(\d+)\.mlp\.(gate|up|down)\.(weight|bias)", p + r"layers.\1.mlp.\2_proj.\3"),
+        (r"llm\.norm\.weight", p + "norm.weight"),
+        (r"llm\.lm_head\.weight", head),
+    ]
+
+
+def _vision_rules(v: str, clip: bool) -> list[tuple[str, str]]:
+    rules = [
+        (r"vision\.patch_embed\.(weight|bias)", v + r"embeddings.patch_embedding.\1"),
+        (r"vision\.cls_token", v + "embeddings.class_embedding"),
+        (
+            r"vision\.pos_embed",
+            v + ("embeddings.position_embedding.weight" if clip else "embeddings.position_embedding"),
+        ),
+        (r"vision\.pre_norm\.(weight|bias)", v + r"pre_layrnorm.\1"),
+        (r"vision\.post_norm\.(weight|bias)", v + r"post_layernorm.\1"),
+        (r"vision\.layers\.(\d+)\.norm(1|2)\.(weight|bias)", v + r"encoder.layers.\1.layer_norm\2.\3"),
+        (r"vision\.layers\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", v + r"encoder.layers.\1.mlp.\2.\3"),
+        (
+            r"vision\.layers\.(\d+)\.attn\.proj\.(weight|bias)",
+            v + (r"encoder.layers.\1.self_attn.out_proj.\2" if clip else r"encoder.layers.\1.self_attn.projection.\2"),
+        ),
+        (r"vision\.layers\.(\d+)\.attn\.qkv\.weight", v + r"encoder.layers.\1.self_attn.qkv.weight"),
+    ]
+    return rules
+
+
+def _qformer_rules(instruct: bool) -> list[tuple[str, str]]:
+    q, lab = "qformer.", r"connector\.qformer\."
+    parts = {"self_attn": "attention", "cross_attn": "crossattention"}
+    rules = [
+        (lab + r"query_tokens", "query_tokens"),
+        (lab + r"embed_norm\.(weight|bias)", q + (r"embeddings.layernorm.\1" if instruct else r"layernorm.\1")),
+        (lab + r"word_embed\.weight", q + "embeddings.word_embeddings.weight"),
+        (lab + r"pos_embed\.weight", q + "embeddings.position_embeddings.weight"),
+        (r"connector\.proj\.(weight|bias)", r"language_projection.\1"),
+    ]
+    for ours, theirs in parts.items():
+        base = lab + r"layers\.(\d+)\." + ours + r"\."
+        out = q + r"encoder.layer.\1." + theirs + "."
+        rules += [
+            (base + r"q\.(weight|bias)", out + r"attention.query.\2"),
+            (base + r"k\.(weight|bias)", out + r"attention.key.\2"),
+            (base + r"v\.(weight|bias)", out + r"attention.value.\2"),
+            (base + r"o\.(weight|bias)", out + r"output.dense.\2"),
+            (base + r"norm\.(weight|bias)", out + r"output.LayerNorm.\2"),
+        ]
+    for ours, (inter, output) in {
+        "ffn_query": ("intermediate_query", "output_query"),
+        "ffn_text": ("intermediate", "output"),
+    }.items():
+        base = lab + r"layers\.(\d+)\." + ours + r"\."
+        out = q + r"encoder.layer.\1."
+        rules += [
+            (base + r"fc1\.(weight|bias)", out + inter + r".dense.\2"),
+            (base + r"fc2\.(weight|bias)", out + output + r".dense.\2"),
+            (base + r"norm\.(weight|bias)", out + output + r".LayerNorm.\2"),
+        ]
+    return rules
+
+
+def rules_for(family: str) -> list[tuple[re.Pattern, str]]:
+    if family == "llava":
+        rules = _llm_rules("model.language_model.", "lm_head.weight") + _vision_rules("model.vision_tower.", True)
+        rules += [(r"connector\.fc(1|2)\.(weight|bias)", r"model.multi_modal_projector.linear_\1.\2")]
+    else:
+        rules = _llm_rules("language_model.model.", "language_model.lm_head.weight")
+        rules += _vision_rules("vision_model.", False) + _qformer_rules(family == "instructblip")
+    return [(re.compile(a + "$"), b) for a, b in rules]
+
+
+def hf_name(lab_key: str, rules) -> str:
+    for pattern, template in rules:
+        m = pattern.match(lab_key)
+        if m:
+            return m.expand(template)
+    raise KeyError(f"no transformers name for lab tensor {lab_key!r}")
+
+
+_CLIP_QKV = re.compile(r"vision\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
+_BLIP_QV = re.compile(r"vision\.layers\.(\d+)\.attn\.(q|v)_bias$")
+
+
+def lab_to_hf(lab: Tensors, cfg: VLMConfig, family: str) -> Tensors:
+    rules, out = rules_for(family), {}
+    for key, t in lab.items():
+        if family == "llava" and (m := _CLIP_QKV.match(key)):
+            base = f"model.vision_tower.encoder.layers.{m[1]}.self_attn."
+            for name, part in zip(("q", "k", "v"), t.chunk(3), strict=True):
+                out[f"{base}{name}_proj.{m[2]}"] = part
+        elif m := _BLIP_QV.match(key):
+            if m[2] == "q":
+                q, v = t, lab[key.replace("q_bias", "v_bias")]
+                out[f"vision_model.encoder.layers.{m[1]}.self_attn.qkv.bias"] = torch.cat([q, torch.zeros_like(q), v])
+        elif key in ("connector.qformer.query_tokens",) or (
+            family != "llava" and key in ("vision.cls_token", "vision.pos_embed")
+        ):
+            out[hf_name(key, rules)] = t[None, None] if key == "vision.cls_token" else t[None]
+        else:
+            out[hf_name(key, rules)] = t
+    if family == "llava":  # CLIP's post-LayerNorm is unused by LLaVA; lab drops it, transformers expects it
+        d = cfg.vision.hidden_size
+        out["model.vision_tower.post_layernorm.weight"] = torch.ones(d)
+        out["model.vision_tower.post_layernorm.bias"] = torch.zeros(d)
+    return out
+
+
+# LLaVA's tensors live under `model.*` in memory but are written to disk in the older layout
+# (what transformers' save_pretrained writes, and what checkpoints on the hub use).
+_LLAVA_DISK = [
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+]
+
+
+def _rename_prefixes(tensors: Tensors, renames: list[tuple[str, str]]) -> Tensors:
+    out = {}
+    for key, t in tensors.items():
+        for old, new in renames:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        out[key] = t
+    return out
+
+
+def to_disk_names(hf: Tensors, family: str) -> Tensors:
+    return _rename_prefixes(hf, _LLAVA_DISK) if family == "llava" else hf
+
+
+def normalize_hf_names(hf: Tensors, family: str) -> Tensors:
+    """Map the on-disk LLaVA layouts (`language_model.model.*`, `vision_tower.*` and the older
+    `vision_tower.vision_model.*`) onto the in-memory names."""
+    if family != "llava":
+        return hf
+    renames = [("vision_tower.vision_model.", "model.vision_tower.")] + [(b, a) for a, b in _LLAVA_DISK]
+    return _rename_prefixes(hf, renames)
+
+
+IGNORED_HF = (
+    re.compile(r".*rotary_emb\.inv_freq$"),
+    re.compile(r".*position_ids$"),
+    re.compile(r"model\.vision_tower\.post_layernorm\.(weight|bias)$"),
+)
+
+
+def hf_to_lab(hf: Tensors, expected: dict[str, torch.Size], cfg: VLMConfig, family: str) -> Tensors:
+    """Tensors for every lab key in `expected`; errors name missing, unexpected and misshapen tensors."""
+    hf = normalize_hf_names(hf, family)
+    rules, out, used, missing, source = rules_for(family), {}, set(), [], {}
+
+    def take(name: str) -> torch.Tensor | None:
+        if name not in hf:
+            missing.append(name)
+            return None
+        used.add(name)
+        source[key] = name
+        return hf[name]
+
+    for key in expected:
+        if family == "llava" and (m := _CLIP_QKV.match(key)):
+            base = f"model.vision_tower.encoder.layers.{m[1]}.self_attn."
+            parts = [take(f"{base}{n}_proj.{m[2]}") for n in "qkv"]
+            if all(p is not None for p in parts):
+                out[key] = torch.cat(parts)
+        elif m := _BLIP_QV.match(key):
+            t = take(f"vision_model.encoder.layers.{m[1]}.self_attn.qkv.bias")
+            if t is not None:
+                d = t.shape[0] // 3
+                out[key] = t[:d] if m[2] == "q" else t[2 * d :]  # the key bias cancels in softmax
+        else:
+            t = take(hf_name(key, rules))
+            if t is not None:
+                if key == "connector.qformer.query_tokens" or (
+                    family != "llava" and key in ("vision.cls_token", "vision.pos_embed")
+                ):
+                    t = t.reshape(t.shape[-2:]) if key != "vision.cls_token" else t.reshape(-1)
+                out[key] = t
+    if cfg.llm.tie_word_embeddings:
+        used |= {k for k in hf if k.endswith("lm_head.weight")}
+    unexpected = sorted(k for k in hf if k not in used and not any(p.match(k) for p in IGNORED_HF))
+    wrong = [
+        f"{source[k]} (lab {k}): checkpoint {tuple(out[k].shape)} vs model {tuple(s)}"
+        for k, s in expected.items()
+        if k in out and out[k].shape != s
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {sorted(set(missing))[:20]}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:20]}")
+    if wrong:
+        problems.append(f"mismatched shapes {wrong[:20]}")
+    if problems:
+        raise CheckpointError("checkpoint does not fit the model config: " + "; ".join(problems))
+    return out

@@ -1,0 +1,100 @@
+"""Connectors: how image features become LLM input embeddings.
+
+- `qformer`: a Q-Former compresses the image into `num_query_tokens` outputs, then a linear
+  projection into the LLM width (BLIP-2, InstructBLIP). Fixed token budget per image.
+- `linear`: project every patch feature (LLaVA-1).
+- `mlp`: Linear, GELU, Linear on every patch feature (LLaVA-1.5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from lab.config import Config, ConfigError, check_choice
+from lab.models.qformer import QFormer, QFormerConfig
+from lab.models.vision import ACTIVATIONS
+
+CONNECTORS = ("qformer", "linear", "mlp")
+PROJECTOR_IMPLS = ("eager", "triton")
+
+
+@dataclasses.dataclass
+class ConnectorConfig(Config):
+    kind: str = "qformer"
+    qformer: QFormerConfig | None = None  # required for kind="qformer"
+    bias: bool = True
+    hidden_act: str = "gelu"  # mlp only
+    impl: str = "eager"  # mlp only: "triton" runs kernels.mlp_projector (exact-GELU, fused)
+
+    def __post_init__(self) -> None:
+        check_choice("connector.kind", self.kind, CONNECTORS)
+        check_choice("connector.impl", self.impl, PROJECTOR_IMPLS)
+        check_choice("connector.hidden_act", self.hidden_act, tuple(ACTIVATIONS))
+        if self.kind == "qformer" and self.qformer is None:
+            self.qformer = QFormerConfig()
+        if self.kind != "qformer" and self.qformer is not None:
+            raise ConfigError(f"connector.qformer is set but connector.kind={self.kind!r}")
+        if self.impl == "triton" and (self.kind != "mlp" or self.hidden_act != "gelu"):
+            raise ConfigError("connector.impl='triton' needs kind='mlp' with hidden_act='gelu'")
+
+    def num_tokens(self, num_features: int) -> int:
+        """LLM tokens per image."""
+        return self.qformer.num_query_tokens if self.kind == "qformer" else num_features
+
+
+class QFormerConnector(nn.Module):
+    def __init__(self, cfg: ConnectorConfig, vision_dim: int, llm_dim: int) -> None:
+        super().__init__()
+        if cfg.qformer.encoder_hidden_size != vision_dim:
+            raise ConfigError(
+                f"qformer.encoder_hidden_size={cfg.qformer.encoder_hidden_size} "
+                f"must equal vision.hidden_size={vision_dim}"
+            )
+        self.qformer = QFormer(cfg.qformer)
+        self.proj = nn.Linear(cfg.qformer.hidden_size, llm_dim, bias=cfg.bias)
+
+    def forward(self, features, instruction_ids=None, instruction_mask=None) -> torch.Tensor:
+        return self.proj(self.qformer(features, instruction_ids, instruction_mask))
+
+
+class LinearConnector(nn.Module):
+    def __init__(self, cfg: ConnectorConfig, vision_dim: int, llm_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(vision_dim, llm_dim, bias=cfg.bias)
+
+    def forward(self, features, instruction_ids=None, instruction_mask=None) -> torch.Tensor:
+        _refuse_instruction(instruction_ids)
+        return self.proj(features)
+
+
+class MLPConnector(nn.Module):
+    def __init__(self, cfg: ConnectorConfig, vision_dim: int, llm_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(vision_dim, llm_dim, bias=cfg.bias)
+        self.fc2 = nn.Linear(llm_dim, llm_dim, bias=cfg.bias)
+        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.impl = cfg.impl
+
+    def forward(self, features, instruction_ids=None, instruction_mask=None) -> torch.Tensor:
+        _refuse_instruction(instruction_ids)
+        if self.impl == "triton":
+            from kernels import mlp_projector
+
+            return mlp_projector(features, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        return self.fc2(self.act(self.fc1(features)))
+
+
+def _refuse_instruction(instruction_ids: torch.Tensor | None) -> None:
+    if instruction_ids is not None:
+        raise ValueError(
+            "instruction_ids were given, but this model's connector has no instruction-aware queries; "
+            "use connector.kind='qformer' with qformer.instruction_aware=True"
+        )
+
+
+def build_connector(cfg: ConnectorConfig, vision_dim: int, llm_dim: int) -> nn.Module:
+    cls = {"qformer": QFormerConnector, "linear": LinearConnector, "mlp": MLPConnector}[cfg.kind]
+    return cls(cfg, vision_dim, llm_dim)

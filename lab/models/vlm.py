@@ -1,0 +1,161 @@
+"""VisionLanguageModel: vision encoder -> connector -> visual embeddings placed at the image
+placeholder tokens of `input_ids` -> Llama decoder. The placeholder convention is the one
+transformers uses today, so converted checkpoints see exactly the same sequence."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lab.config import Config, ConfigError
+from lab.models.connectors import ConnectorConfig, build_connector
+from lab.models.generation import generate
+from lab.models.llm import LanguageModel, LLMConfig
+from lab.models.vision import VisionConfig, VisionEncoder
+
+log = logging.getLogger("lab")
+
+
+@dataclasses.dataclass
+class VLMConfig(Config):
+    vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
+    connector: ConnectorConfig = dataclasses.field(default_factory=ConnectorConfig)
+    llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
+    image_token_id: int = 3
+    freeze_vision: bool = False
+    freeze_llm: bool = False
+
+    def __post_init__(self) -> None:
+        for name, cls in (("vision", VisionConfig), ("connector", ConnectorConfig), ("llm", LLMConfig)):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, cls.from_dict(getattr(self, name)))
+        if not 0 <= self.image_token_id < self.llm.vocab_size:
+            raise ConfigError(f"image_token_id {self.image_token_id} outside the vocabulary of {self.llm.vocab_size}")
+
+    @property
+    def image_tokens(self) -> int:
+        """LLM placeholder tokens per image."""
+        return self.connector.num_tokens(self.vision.num_features)
+
+
+@dataclasses.dataclass
+class VLMOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(self, cfg: VLMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vision = VisionEncoder(cfg.vision)
+        self.connector = build_connector(cfg.connector, cfg.vision.hidden_size, cfg.llm.hidden_size)
+        self.llm = LanguageModel(cfg.llm)
+        self.apply_freezing()
+
+    def apply_freezing(self) -> None:
+        for name, frozen in (("vision", self.cfg.freeze_vision), ("llm", self.cfg.freeze_llm)):
+            module: nn.Module = getattr(self, name)
+            module.requires_grad_(not frozen)
+            if frozen:
+                n = sum(p.numel() for p in module.parameters())
+                log.info("froze %s: %d parameters will not be trained", name, n)
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def visual_embeddings(self, pixel_values, instruction_ids=None, instruction_mask=None) -> torch.Tensor:
+        """pixels `b 3 H W` -> visual embeddings `b nv d_llm`."""
+        features = self.vision(pixel_values)
+        return self.connector(features, instruction_ids, instruction_mask)
+
+    def input_embeddings(self, input_ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with `visual` written over the image placeholders, row by row."""
+        if input_ids.ndim != 2 or input_ids.shape[0] != visual.shape[0]:
+            raise ValueError(
+                f"input_ids must be [batch={visual.shape[0]}, length] to match pixel_values, "
+                f"got {list(input_ids.shape)}"
+            )
+        is_image = input_ids == self.cfg.image_token_id
+        counts = is_image.sum(1)
+        if bool((counts != visual.shape[1]).any()):
+            raise ValueError(
+                f"each row of input_ids needs {visual.shape[1]} image placeholder tokens "
+                f"(id {self.cfg.image_token_id}) for the visual features, got {counts.tolist()}"
+            )
+        embeds = self.llm.embed(input_ids)
+        return embeds.masked_scatter(is_image[..., None], visual.to(embeds.dtype))
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        instruction_ids: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> VLMOutput:
+        visual = self.visual_embeddings(pixel_values, instruction_ids, instruction_mask)
+        embeds = self.input_embeddings(input_ids, visual)
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask {list(attention_mask.shape)} must match input_ids {list(input_ids.shape)}"
+            )
+        logits = self.llm(embeds, attention_mask)
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels {list(labels.shape)} must match input_ids {list(input_ids.shape)}")
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return VLMOutput(logits=logits, loss=loss)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        instruction_ids: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        num_beams: int = 1,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Prompt plus up to `max_new_tokens` tokens per row `b (t + new)`.
+
+        Padded prompts must be left-padded. Rows that finish (eos) are filled with
+        `pad_token_id` (default: eos) until every row has finished."""
+        visual = self.visual_embeddings(pixel_values, instruction_ids, instruction_mask)
+        embeds = self.input_embeddings(input_ids, visual)
+        return generate(
+            self.llm,
+            input_ids,
+            embeds,
+            attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            num_beams=num_beams,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            generator=generator,
+        )
+
+    def save_pretrained(self, path: str, **kwargs: Any) -> None:
+        """Write safetensors + config; transformers-readable when the design has an equivalent."""
+        from lab.convert import save_pretrained
+
+        save_pretrained(self, path, **kwargs)
