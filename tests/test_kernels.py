@@ -1,0 +1,170 @@
+"""Triton kernels under the interpreter (see conftest.py) against float64 references."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels import reference as R
+
+SWEEP = settings(max_examples=12, deadline=None)
+
+
+def _pairs(*shapes, seed=0, scale=1.0):
+    """float64 leaves and float32 copies of random tensors with the given shapes."""
+    g = torch.Generator().manual_seed(seed)
+    ref = [(torch.randn(*s, generator=g, dtype=torch.float64) * scale).requires_grad_() for s in shapes]
+    return ref, [t.detach().float().requires_grad_() for t in ref]
+
+
+def _mask(b, nk, kind, seed=0):
+    if kind == "none":
+        return None
+    if kind == "single":  # keeps exactly one key per row
+        m = torch.zeros(b, nk, dtype=torch.bool)
+        m[torch.arange(b), torch.randint(0, nk, (b,), generator=torch.Generator().manual_seed(seed))] = True
+        return m
+    m = torch.rand(b, nk, generator=torch.Generator().manual_seed(seed)) > 0.4
+    m[:, 0] = True
+    return m
+
+
+def _compare(out, ref, ours, theirs, tol=2e-5):
+    g = torch.randn_like(ref)
+    assert (out.double() - ref).abs().max() < tol * max(1.0, ref.abs().max().item())
+    out.backward(g.float())
+    ref.backward(g)
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a.grad.double() - b.grad).abs().max() < tol * max(1.0, b.grad.abs().max().item())
+
+
+@SWEEP
+@given(
+    b=st.integers(1, 2),
+    h=st.integers(1, 3),
+    nq=st.sampled_from([1, 3, 17, 32, 33]),
+    nk=st.sampled_from([1, 5, 31, 33, 70]),
+    d=st.sampled_from([4, 16, 24, 64]),
+    mask=st.sampled_from(["none", "random", "single"]),
+)
+def test_cross_attention_matches_float64(b, h, nq, nk, d, mask):
+    theirs, ours = _pairs((b, h, nq, d), (b, h, nk, d), (b, h, nk, d))
+    m = _mask(b, nk, mask)
+    out = kernels.cross_attention(*ours, key_padding_mask=m)
+    _compare(out, R.cross_attention(*theirs, key_padding_mask=m), ours, theirs)
+
+
+@SWEEP
+@given(
+    b=st.integers(1, 2),
+    heads=st.sampled_from([1, 2, 4]),
+    d=st.sampled_from([8, 16, 20]),
+    nq=st.sampled_from([1, 8, 32]),
+    nk=st.sampled_from([1, 7, 40]),
+    dx=st.sampled_from([8, 33, 48]),
+    mask=st.sampled_from(["none", "random", "single"]),
+)
+def test_projected_cross_attention_matches_float64(b, heads, d, nq, nk, dx, mask):
+    dq = heads * d
+    theirs, ours = _pairs((b, nq, dq), (b, nk, dx), (dq, dx), (dq,), (dq, dx), (dq,), scale=0.5)
+    m = _mask(b, nk, mask)
+    out = kernels.projected_cross_attention(*ours[:6], heads, key_padding_mask=m)
+    ref = R.projected_cross_attention(*theirs[:6], heads, key_padding_mask=m)
+    _compare(out, ref, ours, theirs)
+
+
+@SWEEP
+@given(
+    lead=st.sampled_from([(5,), (2, 3), (1, 40)]),
+    din=st.sampled_from([3, 16, 40]),
+    dh=st.sampled_from([8, 33]),
+    dout=st.sampled_from([5, 32]),
+)
+def test_mlp_projector_matches_float64(lead, din, dh, dout):
+    theirs, ours = _pairs((*lead, din), (dh, din), (dh,), (dout, dh), (dout,), scale=0.5)
+    out = kernels.mlp_projector(*ours)
+    assert out.shape == (*lead, dout)
+    _compare(out, R.mlp_projector(*theirs), ours, theirs)
+
+
+def test_triton_kernels_actually_ran(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("reference path used")
+
+    for name in ("cross_attention", "projected_cross_attention", "mlp_projector"):
+        monkeypatch.setattr(R, name, boom)
+    before = kernels.launches.copy()
+    q = torch.randn(1, 2, 4, 8, requires_grad=True)
+    kernels.cross_attention(q, torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)).sum().backward()
+    kernels.projected_cross_attention(
+        torch.randn(1, 4, 16),
+        torch.randn(1, 6, 8),
+        torch.randn(16, 8),
+        torch.randn(16),
+        torch.randn(16, 8),
+        torch.randn(16),
+        2,
+    )
+    kernels.mlp_projector(torch.randn(3, 8), torch.randn(16, 8), torch.randn(16), torch.randn(4, 16), torch.randn(4))
+    ran = kernels.launches - before
+    assert ran["attn_fwd"] == 1 and ran["attn_bwd"] == 1 and ran["attn_fwd_projected"] == 1
+    assert ran["linear_gelu"] == 1 and ran["linear"] == 1
+
+
+def test_float16_runs_and_is_close():
+    theirs, _ = _pairs((2, 2, 8, 16), (2, 2, 20, 16), (2, 2, 20, 16))
+    half = [t.detach().half() for t in theirs]
+    out = kernels.cross_attention(*half)
+    assert out.dtype == torch.float16
+    assert (out.double() - R.cross_attention(*theirs)).abs().max() < 5e-3
+
+
+def test_shape_dtype_device_errors_are_named():
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match=r"k/v \[1, 3, 6, 8\] must be \[B=1, H=2, Nk, D=8\]"):
+        kernels.cross_attention(q, torch.randn(1, 3, 6, 8), torch.randn(1, 3, 6, 8))
+    with pytest.raises(ValueError, match="dtype mismatch: k is torch.float16"):
+        kernels.cross_attention(q, torch.randn(1, 2, 6, 8).half(), torch.randn(1, 2, 6, 8))
+    with pytest.raises(ValueError, match=r"key_padding_mask must be \[B=1, Nk=6\]"):
+        kernels.cross_attention(q, torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8), torch.ones(1, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"wk must be \[Dq=16, Dx=8\], got \[16, 9\]"):
+        kernels.projected_cross_attention(
+            torch.randn(1, 4, 16),
+            torch.randn(1, 6, 8),
+            torch.randn(16, 9),
+            torch.randn(16),
+            torch.randn(16, 8),
+            torch.randn(16),
+            2,
+        )
+    with pytest.raises(ValueError, match=r"w1 must be \[Dh, Din=8\], got \[16, 7\]"):
+        kernels.mlp_projector(
+            torch.randn(3, 8), torch.randn(16, 7), torch.randn(16), torch.randn(4, 16), torch.randn(4)
+        )
+    with pytest.raises(ValueError, match="masks every key"):
+        kernels.cross_attention(
+            q, torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8), torch.zeros(1, 6, dtype=torch.bool)
+        )
+
+
+def test_without_interpreter_falls_back_with_one_warning():
+    code = (
+        "import warnings, torch, kernels\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    for _ in range(2): kernels.mlp_projector(torch.randn(3, 8), torch.randn(16, 8), torch.randn(16),"
+        " torch.randn(4, 16), torch.randn(4))\n"
+        "msgs = [str(x.message) for x in w if 'reference implementation' in str(x.message)]\n"
+        "assert len(msgs) == 1, msgs\n"
+        "assert sum(kernels.launches.values()) == 0\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr
