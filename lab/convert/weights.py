@@ -19,10 +19,10 @@ class CheckpointError(ValueError):
 def _llm_rules(p: str, head: str) -> list[tuple[str, str]]:
     return [
         (r"llm\.embed\.weight", p + "embed_tokens.weight"),
-        (r"llm\.layers\.(\d+)\.attn\.(q|k|v|o)\.(weight|bias)", p + r"layers.\1.self_attn.\2_proj.\3"),
+        (r"llm\.layers\.(\d+)\.attn\.o\.(weight|bias)", p + r"layers.\1.self_attn.o_proj.\2"),
         (r"llm\.layers\.(\d+)\.attn_norm\.weight", p + r"layers.\1.input_layernorm.weight"),
         (r"llm\.layers\.(\d+)\.mlp_norm\.weight", p + r"layers.\1.post_attention_layernorm.weight"),
-        (r"llm\.layers\.(\d+)\.mlp\.(gate|up|down)\.(weight|bias)", p + r"layers.\1.mlp.\2_proj.\3"),
+        (r"llm\.layers\.(\d+)\.mlp\.down\.(weight|bias)", p + r"layers.\1.mlp.down_proj.\2"),
         (r"llm\.norm\.weight", p + "norm.weight"),
         (r"llm\.lm_head\.weight", head),
     ]
@@ -101,17 +101,42 @@ def hf_name(lab_key: str, rules) -> str:
     raise KeyError(f"no transformers name for lab tensor {lab_key!r}")
 
 
+# lab tensors that are several transformers tensors concatenated on dim 0: (pattern, parts, base)
+_LLM_QKV = re.compile(r"llm\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
+_LLM_GATE_UP = re.compile(r"llm\.layers\.(\d+)\.mlp\.gate_up\.(weight|bias)$")
+
+
+def _fused_parts(key: str, family: str) -> list[str] | None:
+    """transformers names of the tensors concatenated (dim 0) into lab tensor `key`, if fused."""
+    llm = "model.language_model." if family == "llava" else "language_model.model."
+    if m := _LLM_QKV.match(key):
+        return [f"{llm}layers.{m[1]}.self_attn.{n}_proj.{m[2]}" for n in "qkv"]
+    if m := _LLM_GATE_UP.match(key):
+        return [f"{llm}layers.{m[1]}.mlp.{n}_proj.{m[2]}" for n in ("gate", "up")]
+    if family == "llava" and (m := _CLIP_QKV.match(key)):
+        return [f"model.vision_tower.encoder.layers.{m[1]}.self_attn.{n}_proj.{m[2]}" for n in "qkv"]
+    return None
+
+
 _CLIP_QKV = re.compile(r"vision\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
 _BLIP_QV = re.compile(r"vision\.layers\.(\d+)\.attn\.(q|v)_bias$")
+
+
+def _split_sizes(key: str, cfg: VLMConfig) -> list[int]:
+    if _LLM_QKV.match(key):
+        h, hkv, d = cfg.llm.num_heads, cfg.llm.num_kv_heads, cfg.llm.head_dim
+        return [h * d, hkv * d, hkv * d]
+    if _LLM_GATE_UP.match(key):
+        return [cfg.llm.intermediate_size] * 2
+    return [cfg.vision.hidden_size] * 3
 
 
 def lab_to_hf(lab: Tensors, cfg: VLMConfig, family: str) -> Tensors:
     rules, out = rules_for(family), {}
     for key, t in lab.items():
-        if family == "llava" and (m := _CLIP_QKV.match(key)):
-            base = f"model.vision_tower.encoder.layers.{m[1]}.self_attn."
-            for name, part in zip(("q", "k", "v"), t.chunk(3), strict=True):
-                out[f"{base}{name}_proj.{m[2]}"] = part
+        if parts := _fused_parts(key, family):
+            for name, part in zip(parts, t.split(_split_sizes(key, cfg)), strict=True):
+                out[name] = part
         elif m := _BLIP_QV.match(key):
             if m[2] == "q":
                 q, v = t, lab[key.replace("q_bias", "v_bias")]
@@ -184,9 +209,8 @@ def hf_to_lab(hf: Tensors, expected: dict[str, torch.Size], cfg: VLMConfig, fami
         return hf[name]
 
     for key in expected:
-        if family == "llava" and (m := _CLIP_QKV.match(key)):
-            base = f"model.vision_tower.encoder.layers.{m[1]}.self_attn."
-            parts = [take(f"{base}{n}_proj.{m[2]}") for n in "qkv"]
+        if names := _fused_parts(key, family):
+            parts = [take(n) for n in names]
             if all(p is not None for p in parts):
                 out[key] = torch.cat(parts)
         elif m := _BLIP_QV.match(key):

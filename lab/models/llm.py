@@ -95,15 +95,16 @@ class LlamaAttention(nn.Module):
         super().__init__()
         self.cfg = cfg
         h, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.q = nn.Linear(cfg.hidden_size, h * d, bias=cfg.attention_bias)
-        self.k = nn.Linear(cfg.hidden_size, hkv * d, bias=cfg.attention_bias)
-        self.v = nn.Linear(cfg.hidden_size, hkv * d, bias=cfg.attention_bias)
+        self.sizes = (h * d, hkv * d, hkv * d)
+        # q, k and v in one GEMM: fewer, larger matmuls are what small-batch decoding is bound by.
+        self.qkv = nn.Linear(cfg.hidden_size, sum(self.sizes), bias=cfg.attention_bias)
         self.o = nn.Linear(h * d, cfg.hidden_size, bias=cfg.attention_bias)
 
     def forward(self, x, cos, sin, mask, layer: int, cache: KVCache | None) -> torch.Tensor:
-        q = rearrange(self.q(x), "b t (h d) -> b h t d", d=self.cfg.head_dim)
-        k = rearrange(self.k(x), "b t (h d) -> b h t d", d=self.cfg.head_dim)
-        v = rearrange(self.v(x), "b t (h d) -> b h t d", d=self.cfg.head_dim)
+        q, k, v = self.qkv(x).split(self.sizes, dim=-1)
+        q = rearrange(q, "b t (h d) -> b h t d", d=self.cfg.head_dim)
+        k = rearrange(k, "b t (h d) -> b h t d", d=self.cfg.head_dim)
+        v = rearrange(v, "b t (h d) -> b h t d", d=self.cfg.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)
@@ -115,13 +116,13 @@ class LlamaAttention(nn.Module):
 class SwiGLU(nn.Module):
     def __init__(self, cfg: LLMConfig) -> None:
         super().__init__()
-        self.gate = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.up = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.gate_up = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)  # one GEMM
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.act(self.gate(x)) * self.up(x))
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(self.act(gate) * up)
 
 
 class RMSNorm(nn.Module):
