@@ -142,6 +142,11 @@ def test_missing_and_mismatched_tensors_are_named(tmp_path):
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match="mismatched shapes.*language_projection.weight"):
         lab.load_pretrained(tmp_path)
+    tensors[key] = torch.zeros(32, 32)
+    tensors["language_model.model.layers.0.self_attn.k_proj.weight"] = torch.zeros(16, 31)  # part of a fused q/k/v
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"mismatched shapes.*k_proj.weight"):
+        lab.load_pretrained(tmp_path)
 
 
 def test_unsupported_architecture_and_text_model():

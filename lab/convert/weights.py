@@ -148,9 +148,9 @@ def lab_to_hf(lab: Tensors, cfg: VLMConfig, family: str) -> Tensors:
         else:
             out[hf_name(key, rules)] = t
     if family == "llava":  # CLIP's post-LayerNorm is unused by LLaVA; lab drops it, transformers expects it
-        d = cfg.vision.hidden_size
-        out["model.vision_tower.post_layernorm.weight"] = torch.ones(d)
-        out["model.vision_tower.post_layernorm.bias"] = torch.zeros(d)
+        like = lab["vision.pos_embed"]
+        out["model.vision_tower.post_layernorm.weight"] = torch.ones_like(like[0])
+        out["model.vision_tower.post_layernorm.bias"] = torch.zeros_like(like[0])
     return out
 
 
@@ -198,7 +198,7 @@ IGNORED_HF = (
 def hf_to_lab(hf: Tensors, expected: dict[str, torch.Size], cfg: VLMConfig, family: str) -> Tensors:
     """Tensors for every lab key in `expected`; errors name missing, unexpected and misshapen tensors."""
     hf = normalize_hf_names(hf, family)
-    rules, out, used, missing, source = rules_for(family), {}, set(), [], {}
+    rules, out, used, missing, source, unjoinable = rules_for(family), {}, set(), [], {}, []
 
     def take(name: str) -> torch.Tensor | None:
         if name not in hf:
@@ -212,6 +212,9 @@ def hf_to_lab(hf: Tensors, expected: dict[str, torch.Size], cfg: VLMConfig, fami
         if names := _fused_parts(key, family):
             parts = [take(n) for n in names]
             if all(p is not None for p in parts):
+                if len({p.shape[1:] for p in parts}) > 1:
+                    unjoinable.append(f"{names}: {[tuple(p.shape) for p in parts]}")
+                    continue
                 out[key] = torch.cat(parts)
         elif m := _BLIP_QV.match(key):
             t = take(f"vision_model.encoder.layers.{m[1]}.self_attn.qkv.bias")
@@ -239,6 +242,7 @@ def hf_to_lab(hf: Tensors, expected: dict[str, torch.Size], cfg: VLMConfig, fami
         problems.append(f"missing tensors {sorted(set(missing))[:20]}")
     if unexpected:
         problems.append(f"unexpected tensors {unexpected[:20]}")
+    wrong += unjoinable
     if wrong:
         problems.append(f"mismatched shapes {wrong[:20]}")
     if problems:
