@@ -29,13 +29,6 @@ def _heads(t: torch.Tensor, h: int) -> tuple[int, int, int, int]:
     return t.stride(0), d * t.stride(2), t.stride(1), t.stride(2)
 
 
-def _mask_args(mask: torch.Tensor | None, like: torch.Tensor):
-    if mask is None:
-        return like, 0, 0, False
-    m = mask.to(torch.int8).contiguous()
-    return m, m.stride(0), m.stride(1), True
-
-
 class _Attention(torch.autograd.Function):
     """Shared by both entry points: `project` is None (q/k/v given) or (x, wk, bk, wv, bv)."""
 
@@ -45,41 +38,21 @@ class _Attention(torch.autograd.Function):
         b = q.shape[0]
         out = torch.empty_like(q)
         lse = torch.empty(b * num_heads * nq, device=q.device, dtype=torch.float32)
-        ref = x if project else q
-        kv_args = _kv_args(k, v, x, wk, bk, wv, bv, project, ref)
-        mask_t, smb, smn, has_mask = _mask_args(mask, ref)
-        blocks = _blocks(nq, d)
-        grid = (triton.cdiv(nq, blocks["BLOCK_M"]), b * num_heads)
-        attn_fwd[grid](
-            q,
-            *kv_args[0],
-            mask_t,
-            out,
-            lse,
-            *q_strides,
-            *kv_args[1],
-            smb,
-            smn,
-            *q_strides,
-            num_heads,
-            nq,
-            nk,
-            d,
-            kv_args[2],
-            scale,
-            HAS_MASK=has_mask,
-            PROJECT=project,
-            PREC=dot_precision(q.dtype),
-            **blocks,
+        mask_t = None if mask is None else mask.to(torch.int8).contiguous()
+        ptrs, strides, sizes, consts = _launch_args(
+            q, k, v, x, wk, bk, wv, bv, mask_t, num_heads, scale, q_strides, nq, nk, d
         )
+        grid = (triton.cdiv(nq, consts["BLOCK_M"]), b * num_heads)
+        # O has Q's layout, so its strides are q_strides again.
+        attn_fwd[grid](*ptrs, out, lse, *strides, *q_strides, *sizes, **consts)
         launches["attn_fwd_projected" if project else "attn_fwd"] += 1
-        ctx.save_for_backward(q, k, v, x, wk, bk, wv, bv, mask, out, lse)  # never K/V when projecting
+        ctx.save_for_backward(q, k, v, x, wk, bk, wv, bv, mask_t, out, lse)  # never K/V when projecting
         ctx.cfg = (num_heads, scale, q_strides, nq, nk, d)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, x, wk, bk, wv, bv, mask, out, lse = ctx.saved_tensors
+        q, k, v, x, wk, bk, wv, bv, mask_t, out, lse = ctx.saved_tensors
         num_heads, scale, q_strides, nq, nk, d = ctx.cfg
         project = x is not None
         b = q.shape[0]
@@ -90,9 +63,6 @@ class _Attention(torch.autograd.Function):
         else:
             delta = (dout.float() * out.float()).sum(-1)
         delta = delta.contiguous().reshape(-1)
-        ref = x if project else q
-        kv_args = _kv_args(k, v, x, wk, bk, wv, bv, project, ref)
-        mask_t, smb, smn, has_mask = _mask_args(mask, ref)
         if project:  # gradients w.r.t. the (never stored) K and V, head-merged: b nk (h d)
             dk = torch.empty(b, nk, num_heads * d, device=q.device, dtype=q.dtype)
             dv = torch.empty_like(dk)
@@ -102,55 +72,15 @@ class _Attention(torch.autograd.Function):
             dv = torch.empty_like(dk)
             dk_strides = dk.stride()
         dq = torch.empty_like(q)
-        blocks = _blocks(nq, d)
-        prec = dot_precision(q.dtype)
-        common = dict(HAS_MASK=has_mask, PROJECT=project, PREC=prec, **blocks)
-        grid_kv = (triton.cdiv(nk, blocks["BLOCK_N"]), b * num_heads)
-        attn_bwd_dkdv[grid_kv](
-            q,
-            *kv_args[0],
-            mask_t,
-            dout,
-            lse,
-            delta,
-            dk,
-            dv,
-            *q_strides,
-            *kv_args[1],
-            smb,
-            smn,
-            *q_strides,
-            *dk_strides,
-            num_heads,
-            nq,
-            nk,
-            d,
-            kv_args[2],
-            scale,
-            **common,
+        ptrs, strides, sizes, consts = _launch_args(
+            q, k, v, x, wk, bk, wv, bv, mask_t, num_heads, scale, q_strides, nq, nk, d
         )
-        grid_q = (triton.cdiv(nq, blocks["BLOCK_M"]), b * num_heads)
-        attn_bwd_dq[grid_q](
-            q,
-            *kv_args[0],
-            mask_t,
-            dout,
-            lse,
-            delta,
-            dq,
-            *q_strides,
-            *kv_args[1],
-            smb,
-            smn,
-            *q_strides,
-            num_heads,
-            nq,
-            nk,
-            d,
-            kv_args[2],
-            scale,
-            **common,
-        )
+        ptrs = (*ptrs, dout, lse, delta)
+        strides = (*strides, *q_strides)  # dO has Q's layout
+        grid_kv = (triton.cdiv(nk, consts["BLOCK_N"]), b * num_heads)
+        attn_bwd_dkdv[grid_kv](*ptrs, dk, dv, *strides, *dk_strides, *sizes, **consts)
+        grid_q = (triton.cdiv(nq, consts["BLOCK_M"]), b * num_heads)
+        attn_bwd_dq[grid_q](*ptrs, dq, *strides, *sizes, **consts)
         launches["attn_bwd"] += 1
         if not project:
             return dq, dk, dv, *([None] * 12)
@@ -161,14 +91,25 @@ class _Attention(torch.autograd.Function):
         return dq, None, None, dx, dwk, dk.sum((0, 1)), dwv, dv.sum((0, 1)), *([None] * 7)
 
 
-def _kv_args(k, v, x, wk, bk, wv, bv, project, ref):
-    """(pointer args, stride args, DX) for the K/V part of the kernel signatures."""
+def _launch_args(q, k, v, x, wk, bk, wv, bv, mask_t, num_heads, scale, q_strides, nq, nk, d):
+    """The arguments every attention kernel shares: (pointers, strides, sizes, constexprs).
+
+    Pointers are Q, K, V, X, WK, BK, WV, BV, MASK; unused ones point at a real tensor so Triton
+    gets a valid address. Strides are Q's, K's, V's, X's, W's and the mask's."""
+    project = x is not None
+    ref = x if project else q
     if project:
-        ptrs = (ref, ref, x, wk, bk, wv, bv)
-        strides = (0,) * 8 + (x.stride(0), x.stride(1), x.stride(2), wk.stride(0), wk.stride(1))
-        return ptrs, strides, x.shape[-1]
-    ptrs = (k, v, ref, ref, ref, ref, ref)
-    return ptrs, (*k.stride(), *v.stride(), 0, 0, 0, 0, 0), 0
+        ptrs = (q, ref, ref, x, wk, bk, wv, bv)
+        kv_strides = (0,) * 8 + (x.stride(0), x.stride(1), x.stride(2), wk.stride(0), wk.stride(1))
+        dx = x.shape[-1]
+    else:
+        ptrs = (q, k, v, ref, ref, ref, ref, ref)
+        kv_strides = (*k.stride(), *v.stride(), 0, 0, 0, 0, 0)
+        dx = 0
+    mask_strides = (0, 0) if mask_t is None else mask_t.stride()
+    ptrs = (*ptrs, ref if mask_t is None else mask_t)
+    consts = dict(HAS_MASK=mask_t is not None, PROJECT=project, PREC=dot_precision(q.dtype), **_blocks(nq, d))
+    return ptrs, (*q_strides, *kv_strides, *mask_strides), (num_heads, nq, nk, d, dx, scale), consts
 
 
 def _check_mask(mask, b, nk):
