@@ -101,41 +101,33 @@ def hf_name(lab_key: str, rules) -> str:
     raise KeyError(f"no transformers name for lab tensor {lab_key!r}")
 
 
-# lab tensors that are several transformers tensors concatenated on dim 0: (pattern, parts, base)
+_CLIP_QKV = re.compile(r"vision\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
+_BLIP_QV = re.compile(r"vision\.layers\.(\d+)\.attn\.(q|v)_bias$")
 _LLM_QKV = re.compile(r"llm\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
 _LLM_GATE_UP = re.compile(r"llm\.layers\.(\d+)\.mlp\.gate_up\.(weight|bias)$")
 
 
-def _fused_parts(key: str, family: str) -> list[str] | None:
-    """transformers names of the tensors concatenated (dim 0) into lab tensor `key`, if fused."""
+def _fused(key: str, cfg: VLMConfig, family: str) -> tuple[list[str], list[int]] | None:
+    """For a lab tensor that is several transformers tensors joined on dim 0: their names and sizes."""
     llm = "model.language_model." if family == "llava" else "language_model.model."
     if m := _LLM_QKV.match(key):
-        return [f"{llm}layers.{m[1]}.self_attn.{n}_proj.{m[2]}" for n in "qkv"]
-    if m := _LLM_GATE_UP.match(key):
-        return [f"{llm}layers.{m[1]}.mlp.{n}_proj.{m[2]}" for n in ("gate", "up")]
-    if family == "llava" and (m := _CLIP_QKV.match(key)):
-        return [f"model.vision_tower.encoder.layers.{m[1]}.self_attn.{n}_proj.{m[2]}" for n in "qkv"]
-    return None
-
-
-_CLIP_QKV = re.compile(r"vision\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
-_BLIP_QV = re.compile(r"vision\.layers\.(\d+)\.attn\.(q|v)_bias$")
-
-
-def _split_sizes(key: str, cfg: VLMConfig) -> list[int]:
-    if _LLM_QKV.match(key):
         h, hkv, d = cfg.llm.num_heads, cfg.llm.num_kv_heads, cfg.llm.head_dim
-        return [h * d, hkv * d, hkv * d]
-    if _LLM_GATE_UP.match(key):
-        return [cfg.llm.intermediate_size] * 2
-    return [cfg.vision.hidden_size] * 3
+        return [f"{llm}layers.{m[1]}.self_attn.{n}_proj.{m[2]}" for n in "qkv"], [h * d, hkv * d, hkv * d]
+    if m := _LLM_GATE_UP.match(key):
+        names = [f"{llm}layers.{m[1]}.mlp.{n}_proj.{m[2]}" for n in ("gate", "up")]
+        return names, [cfg.llm.intermediate_size] * 2
+    if family == "llava" and (m := _CLIP_QKV.match(key)):
+        names = [f"model.vision_tower.encoder.layers.{m[1]}.self_attn.{n}_proj.{m[2]}" for n in "qkv"]
+        return names, [cfg.vision.hidden_size] * 3
+    return None
 
 
 def lab_to_hf(lab: Tensors, cfg: VLMConfig, family: str) -> Tensors:
     rules, out = rules_for(family), {}
     for key, t in lab.items():
-        if parts := _fused_parts(key, family):
-            for name, part in zip(parts, t.split(_split_sizes(key, cfg)), strict=True):
+        if fused := _fused(key, cfg, family):
+            names, sizes = fused
+            for name, part in zip(names, t.split(sizes), strict=True):
                 out[name] = part
         elif m := _BLIP_QV.match(key):
             if m[2] == "q":
@@ -209,7 +201,8 @@ def hf_to_lab(hf: Tensors, expected: dict[str, torch.Size], cfg: VLMConfig, fami
         return hf[name]
 
     for key in expected:
-        if names := _fused_parts(key, family):
+        if fused := _fused(key, cfg, family):
+            names = fused[0]
             parts = [take(n) for n in names]
             if all(p is not None for p in parts):
                 if len({p.shape[1:] for p in parts}) > 1:
