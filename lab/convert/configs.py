@@ -28,6 +28,8 @@ def family_of_hf(config: Any) -> str:
 
 def family_of_lab(cfg: VLMConfig) -> str:
     con = cfg.connector
+    if con.kind == "qformer" and con.qformer.text_input and not con.qformer.instruction_aware:
+        raise UnsupportedModelError("a Q-Former with stage-1 text input has no transformers VLM equivalent")
     if con.kind == "qformer" and not cfg.vision.pre_norm and cfg.vision.post_norm:
         return "instructblip" if con.qformer.instruction_aware else "blip-2"
     if con.kind == "mlp" and cfg.vision.pre_norm and not cfg.vision.post_norm and cfg.vision.qkv_bias == "qkv":

@@ -32,6 +32,7 @@ class QFormerConfig(Config):
     cross_attention_frequency: int = 2
     num_query_tokens: int = 8
     instruction_aware: bool = False
+    text_input: bool = False  # word embeddings for BLIP-2 stage 1 (ITC/ITM/ITG); dropped in stage 2
     text_ffn: bool = False  # text-position feed-forwards; always present when instruction-aware
     vocab_size: int = 512  # instruction vocabulary (instruction-aware only)
     max_position_embeddings: int = 512
@@ -54,8 +55,12 @@ class QFormerConfig(Config):
                 "qformer.attn_impl='triton' has no attention dropout; set qformer.attention_dropout=0.0 "
                 f"(got {self.attention_dropout}) or use 'sdpa'"
             )
-        if self.instruction_aware:
+        if self.instruction_aware or self.text_input:
             self.text_ffn = True
+
+    @property
+    def reads_text(self) -> bool:
+        return self.instruction_aware or self.text_input
 
 
 class BertAttention(nn.Module):
@@ -74,7 +79,8 @@ class BertAttention(nn.Module):
         self.hidden_dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: `b nq d`, kv: `b nk dkv`, key_mask: `b nk` bool (True = attend)."""
+        """x: `b nq d`, kv: `b nk dkv`, key_mask: `b nk` bool (True = attend) or an additive
+        float bias `b 1 nq nk` (stage-1's causal and query-only masks)."""
         dropout = self.dropout if self.training else 0.0
         if self.impl == "triton":
             from kernels import projected_cross_attention
@@ -93,7 +99,9 @@ class BertAttention(nn.Module):
             q = rearrange(self.q(x), "b t (h d) -> b h t d", h=self.num_heads)
             k = rearrange(self.k(kv), "b t (h d) -> b h t d", h=self.num_heads)
             v = rearrange(self.v(kv), "b t (h d) -> b h t d", h=self.num_heads)
-            mask = None if key_mask is None else padding_bias(key_mask, q.dtype)
+            mask = key_mask
+            if mask is not None and not mask.is_floating_point():
+                mask = padding_bias(mask, q.dtype)
             out = rearrange(attention(q, k, v, mask, self.impl, dropout), "b h t d -> b t (h d)")
         return self.norm(self.hidden_dropout(self.o(out)) + x)
 
@@ -130,6 +138,8 @@ class QFormerLayer(nn.Module):
     ) -> torch.Tensor:
         x = self.self_attn(x, x, key_mask)
         queries, text = x[:, :num_queries], x[:, num_queries:]
+        if num_queries == 0:  # text alone (stage-1 ITC text side): no image, no query FFN
+            return self.ffn_text(text)
         if self.cross_attn is not None:
             queries = self.cross_attn(queries, image, image_mask)
         queries = self.ffn_query(queries)
@@ -146,7 +156,7 @@ class QFormer(nn.Module):
         self.cfg = cfg
         d = cfg.hidden_size
         self.query_tokens = nn.Parameter(torch.randn(cfg.num_query_tokens, d) * 0.02)
-        if cfg.instruction_aware:
+        if cfg.reads_text:
             self.word_embed = nn.Embedding(cfg.vocab_size, d)
             self.pos_embed = nn.Embedding(cfg.max_position_embeddings, d)
         self.embed_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
@@ -176,18 +186,34 @@ class QFormer(nn.Module):
                 )
             if instruction_ids.ndim != 2 or instruction_ids.shape[0] != b:
                 raise ValueError(f"instruction_ids must be [batch={b}, length], got {list(instruction_ids.shape)}")
-            n = instruction_ids.shape[1]
-            if n > self.cfg.max_position_embeddings:
-                raise ValueError(f"instruction of {n} tokens exceeds max_position_embeddings")
-            pos = torch.arange(n, device=instruction_ids.device)
-            text = self.word_embed(instruction_ids) + self.pos_embed(pos)
-            x = torch.cat([x, text.to(x.dtype)], dim=1)
+            x = torch.cat([x, self.embed_text(instruction_ids).to(x.dtype)], dim=1)
             if instruction_mask is not None:
                 ones = torch.ones(b, nq, dtype=torch.bool, device=x.device)
                 key_mask = torch.cat([ones, instruction_mask.bool()], dim=1)
         elif self.cfg.instruction_aware:
             raise ValueError("this Q-Former is instruction-aware: pass instruction_ids (and instruction_mask)")
+        return self.encode(x, image, nq, key_mask, image_mask)[:, :nq]
+
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """Word + position embeddings `b t d` (before the shared LayerNorm)."""
+        if not self.cfg.reads_text:
+            raise ValueError("this Q-Former has no word embeddings (set instruction_aware or text_input)")
+        n = ids.shape[1]
+        if n > self.cfg.max_position_embeddings:
+            raise ValueError(f"text of {n} tokens exceeds qformer.max_position_embeddings")
+        return self.word_embed(ids) + self.pos_embed(torch.arange(n, device=ids.device))
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        image: torch.Tensor | None,
+        num_queries: int,
+        mask: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the layers over `x` = [queries; text] embeddings `b (nq + t) d`. `mask` is a `b n`
+        keep-mask or an additive `b 1 n n` bias; the first `num_queries` positions cross-attend."""
         x = self.embed_dropout(self.embed_norm(x))
         for layer in self.layers:
-            x = layer(x, image, nq, key_mask, image_mask)
-        return x[:, :nq]
+            x = layer(x, image, num_queries, mask, image_mask)
+        return x

@@ -1,0 +1,97 @@
+"""Samples -> tensors: chat template, image placeholders, labels on assistant turns only.
+
+Template (word-level): `<bos> user : <image>×N question assistant : answer <eos>`. The single
+`<image>` marker of a sample becomes N placeholder ids, N being the connector's tokens per image.
+Training batches are right-padded; generation prompts are left-padded (what `generate` needs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from lab.data.datasets import Sample
+from lab.data.tokenizer import IMAGE
+
+IGNORE = -100
+
+
+def pixels(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 `H W 3` images -> `b 3 H W` floats in [-1, 1]."""
+    x = torch.from_numpy(np.stack(images)).float().div(127.5).sub(1.0)
+    return rearrange(x, "b h w c -> b c h w")
+
+
+class Collator:
+    def __init__(self, tokenizer, image_tokens: int, instruction: bool = False, train_on: str = "assistant") -> None:
+        if train_on not in ("assistant", "all"):
+            raise ValueError(f"train_on={train_on!r}; choose 'assistant' or 'all'")
+        self.tok, self.image_tokens, self.instruction, self.train_on = tokenizer, image_tokens, instruction, train_on
+        self.user, self.assistant = tokenizer.encode("user :"), tokenizer.encode("assistant :")
+
+    def _human(self, text: str, has_image: bool) -> list[int]:
+        ids = self.tok.encode(text)
+        n = ids.count(self.tok.image_id)
+        if has_image and n != 1:
+            raise ValueError(f"a sample with an image needs exactly one {IMAGE} in its text, found {n}: {text!r}")
+        if not has_image and n:
+            raise ValueError(f"a text-only sample contains {IMAGE}: {text!r}")
+        i = ids.index(self.tok.image_id) if n else 0
+        return ids[:i] + [self.tok.image_id] * (self.image_tokens if n else 0) + ids[i + 1 :]
+
+    def encode(self, sample: Sample, prompt_only: bool = False) -> tuple[list[int], list[int]]:
+        """(ids, labels). prompt_only: stop after the last human turn's 'assistant :'."""
+        ids, labels = [self.tok.bos_id], [IGNORE]
+        turns = sample.turns[:-1] if prompt_only else sample.turns
+        first = True
+        for role, text in turns:
+            if role == "human":
+                part = self.user + self._human(text, sample.image is not None and first) + self.assistant
+                first = False
+                lab = part if self.train_on == "all" else [IGNORE] * len(part)
+            else:
+                part = self.tok.encode(text) + [self.tok.eos_id]
+                lab = part
+            ids += part
+            labels += lab
+        if self.train_on == "all":
+            labels = [i if i != self.tok.image_id else IGNORE for i in labels]
+        return ids, labels
+
+    def instruction_of(self, sample: Sample) -> list[int]:
+        """The first human turn without the image marker: what instruction-aware queries read."""
+        text = next(t for r, t in sample.turns if r == "human").replace(IMAGE, " ")
+        return self.tok.encode(text) or [self.tok.pad_id]
+
+    def __call__(self, samples: Sequence[Sample], prompt_only: bool = False) -> dict[str, torch.Tensor]:
+        if not samples:
+            raise ValueError("cannot collate an empty batch")
+        encoded = [self.encode(s, prompt_only) for s in samples]
+        width = max(len(ids) for ids, _ in encoded)
+        pad = self.tok.pad_id
+        batch: dict[str, torch.Tensor] = {}
+        rows = []
+        for ids, labels in encoded:
+            fill = width - len(ids)
+            if prompt_only:  # left padding: generation appends on the right
+                rows.append(([pad] * fill + ids, [0] * fill + [1] * len(ids), [IGNORE] * fill + labels))
+            else:
+                rows.append((ids + [pad] * fill, [1] * len(ids) + [0] * fill, labels + [IGNORE] * fill))
+        batch["input_ids"] = torch.tensor([r[0] for r in rows])
+        batch["attention_mask"] = torch.tensor([r[1] for r in rows])
+        if not prompt_only:
+            batch["labels"] = torch.tensor([r[2] for r in rows])
+        has_image = [s.image is not None for s in samples]
+        if any(has_image):
+            if not all(has_image):
+                raise ValueError("a batch mixes samples with and without images")
+            batch["pixel_values"] = pixels([s.image for s in samples])
+            if self.instruction:
+                instr = [self.instruction_of(s) for s in samples]
+                n = max(map(len, instr))
+                batch["instruction_ids"] = torch.tensor([x + [pad] * (n - len(x)) for x in instr])
+                batch["instruction_mask"] = torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x in instr])
+        return batch

@@ -1,0 +1,124 @@
+"""Data sets: generated scene tasks (three streams) and LLaVA-format instruction JSON.
+
+Both yield `Sample`s (an image and chat turns), so one collator serves both. Scene samples are
+a pure function of (split, seed, index): the trainer's data position is one integer, and
+resuming replays exactly the same batches. Splits draw from disjoint seed sequences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lab.config import Config, ConfigError, check_choice
+from lab.data.scenes import Scene, SceneConfig, render, sample_scene
+from lab.data.tasks import FAMILIES, HELD_IN, MIN_OBJECTS, caption, make_task
+from lab.data.tokenizer import IMAGE
+
+SPLITS = {"train": 0, "val": 1, "test": 2}
+STREAMS = ("instruct", "caption", "text")
+
+
+@dataclasses.dataclass
+class Sample:
+    image: np.ndarray | None  # `H W 3` uint8; None for text-only samples
+    turns: list[tuple[str, str]]  # ("human" | "gpt", text); the first human turn holds <image>
+    family: str = ""
+    scene: Scene | None = None
+
+
+@dataclasses.dataclass
+class SceneDataConfig(Config):
+    scene: SceneConfig = dataclasses.field(default_factory=SceneConfig)
+    families: list[str] = dataclasses.field(default_factory=lambda: list(HELD_IN))
+    stream: str = "instruct"  # "instruct": image + question; "caption": image + caption; "text": no image
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scene, dict):
+            self.scene = SceneConfig.from_dict(self.scene)
+        check_choice("data.stream", self.stream, STREAMS)
+        if not self.families:
+            raise ConfigError("data.families is empty: an empty data set cannot be trained on")
+        for f in self.families:
+            check_choice("data.families entry", f, FAMILIES)
+            if self.scene.max_objects < MIN_OBJECTS.get(f, 1):
+                raise ConfigError(f"family {f!r} needs scenes with at least {MIN_OBJECTS[f]} objects")
+
+
+class SceneTasks:
+    """Sample `i` of a split, generated on demand. Unbounded: any index is valid."""
+
+    def __init__(self, cfg: SceneDataConfig, split: str = "train") -> None:
+        check_choice("split", split, tuple(SPLITS))
+        self.cfg, self.split = cfg, split
+
+    def __getitem__(self, i: int) -> Sample:
+        cfg = self.cfg
+        rng = np.random.default_rng([SPLITS[self.split], cfg.seed, i])
+        family = cfg.families[i % len(cfg.families)] if cfg.stream != "caption" else "caption"
+        scene_cfg = cfg.scene
+        need = MIN_OBJECTS.get(family, 1)
+        if scene_cfg.min_objects < need:
+            scene_cfg = scene_cfg.replace(min_objects=need)
+        scene = sample_scene(rng, scene_cfg, seed=i)
+        question, answer = make_task(scene, family, rng)
+        if cfg.stream == "text":  # the LM reads a scene description where a VLM sees pixels
+            return Sample(None, [("human", f"scene : {caption(scene)} . {question}"), ("gpt", answer)], family, scene)
+        image = render(scene, scene_cfg, rng)
+        return Sample(image, [("human", f"{IMAGE} {question}"), ("gpt", answer)], family, scene)
+
+
+class LlavaJSON:
+    """LLaVA's instruction format: a JSON list of {"image", "conversations": [{"from", "value"}]}.
+
+    Every record is checked when the file is read, so a missing image or a turn without
+    `<image>` is reported with its record index before training starts, not mid-run."""
+
+    def __init__(self, path: str | Path, image_folder: str | Path, image_size: int) -> None:
+        path, folder = Path(path), Path(image_folder)
+        if not path.exists():
+            raise FileNotFoundError(f"LLaVA data file {path} does not exist")
+        records = json.loads(path.read_text())
+        if not isinstance(records, list) or not records:
+            raise ValueError(f"{path} holds no records: an empty data set cannot be trained on")
+        self.records, self.folder, self.image_size = records, folder, image_size
+        for i, r in enumerate(records):
+            turns = r.get("conversations")
+            if not turns or not any(t.get("from") == "gpt" for t in turns):
+                raise ValueError(f"{path} record {i} has no 'conversations' with an assistant ('gpt') turn")
+            if "image" in r:
+                if not (folder / r["image"]).exists():
+                    raise FileNotFoundError(f"{path} record {i}: image {folder / r['image']} does not exist")
+                if sum(t["value"].count(IMAGE) for t in turns) != 1:
+                    raise ValueError(f"{path} record {i} has an image but not exactly one {IMAGE} in its turns")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Sample:
+        from PIL import Image
+
+        r = self.records[i]
+        image = None
+        if "image" in r:
+            with Image.open(self.folder / r["image"]) as im:
+                im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
+                image = np.asarray(im, dtype=np.uint8)
+        turns = [("human" if t["from"] == "human" else "gpt", t["value"]) for t in r["conversations"]]
+        return Sample(image, turns, family=r.get("family", "llava"))
+
+
+class Shuffled:
+    """An endless, seeded pass over a finite data set: index `i` is item perm_{i // n}[i % n]."""
+
+    def __init__(self, data, seed: int = 0) -> None:
+        self.data, self.seed = data, seed
+
+    def __getitem__(self, i: int) -> Sample:
+        n = len(self.data)
+        perm = np.random.default_rng([self.seed, i // n]).permutation(n)
+        return self.data[int(perm[i % n])]

@@ -1,0 +1,164 @@
+"""Task families: instruction/answer pairs computed from a `Scene`.
+
+Held-in families are trained on; held-out ones (relations between two objects, comparing two
+counts) never appear in instruction tuning, mirroring InstructBLIP's held-out evaluation.
+Each family has several phrasings so a model must read the instruction, not memorise a string.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+from lab.data.scenes import CELLS, COLORS, SHAPES, Obj, Scene
+
+NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "caption": ("describe the image .", "what is in the picture ?", "give a short description of the scene ."),
+    "color": (
+        "what color is the {shape} ?",
+        "which color does the {shape} have ?",
+        "tell me the color of the {shape} .",
+    ),
+    "size": ("is the {shape} small or large ?", "what size is the {shape} ?", "how big is the {shape} ?"),
+    "count": ("how many objects are there ?", "how many shapes are in the image ?", "count the objects ."),
+    "exists": (
+        "is there a {color} {shape} ?",
+        "does the image contain a {color} {shape} ?",
+        "can you see a {color} {shape} ?",
+    ),
+    "position": ("where is the {shape} ?", "in which part of the image is the {shape} ?", "locate the {shape} ."),
+    "relation": ("is the {a} {rel} the {b} ?", "is the {a} placed {rel} the {b} ?"),
+    "compare_count": (
+        "are there more {c1} objects than {c2} objects ?",
+        "are {c1} objects more numerous than {c2} ones ?",
+    ),
+}
+HELD_IN = ("caption", "color", "size", "count", "exists", "position")
+HELD_OUT = ("relation", "compare_count")
+FAMILIES = HELD_IN + HELD_OUT
+RELATIONS = ("left of", "right of", "above", "below")
+
+
+def caption(scene: Scene) -> str:
+    """Objects in reading order: 'small red circle at top left and large blue square at center'."""
+    return " and ".join(f"{o.size} {o.color} {o.shape} at {o.cell}" for o in scene.objects)
+
+
+def _pick(rng: np.random.Generator, items):
+    return items[int(rng.integers(len(items)))]
+
+
+def _holds(rel: str, a: Obj, b: Obj) -> bool:
+    return {"left of": a.col < b.col, "right of": a.col > b.col, "above": a.row < b.row, "below": a.row > b.row}[rel]
+
+
+def _caption(scene, rng):
+    return {}, caption(scene)
+
+
+def _color(scene, rng):
+    o = _pick(rng, scene.objects)
+    return {"shape": o.shape}, o.color
+
+
+def _size(scene, rng):
+    o = _pick(rng, scene.objects)
+    return {"shape": o.shape}, o.size
+
+
+def _count(scene, rng):
+    return {}, NUMBERS[len(scene.objects)]
+
+
+def _exists(scene, rng):
+    present = {(o.color, o.shape) for o in scene.objects}
+    if rng.random() < 0.5:
+        color, shape = _pick(rng, sorted(present))
+        return {"color": color, "shape": shape}, "yes"
+    if rng.random() < 0.5:  # hard negative: a shape that is there, in another color
+        shape = _pick(rng, scene.objects).shape
+        color = _pick(rng, [c for c in COLORS if (c, shape) not in present])
+    else:
+        color, shape = _pick(rng, [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present])
+    return {"color": color, "shape": shape}, "no"
+
+
+def _position(scene, rng):
+    o = _pick(rng, scene.objects)
+    return {"shape": o.shape}, o.cell
+
+
+def _relation(scene, rng):
+    a, b = (scene.objects[i] for i in rng.choice(len(scene.objects), size=2, replace=False))
+    rel = _pick(rng, RELATIONS)
+    return {"a": a.shape, "b": b.shape, "rel": rel}, "yes" if _holds(rel, a, b) else "no"
+
+
+def _compare_count(scene, rng):
+    counts = {c: sum(o.color == c for o in scene.objects) for c in COLORS}
+    c1, c2 = (list(COLORS)[i] for i in rng.choice(len(COLORS), size=2, replace=False))
+    while counts[c1] == counts[c2]:  # a tie has no yes/no answer that reads naturally
+        c1, c2 = (list(COLORS)[i] for i in rng.choice(len(COLORS), size=2, replace=False))
+    return {"c1": c1, "c2": c2}, "yes" if counts[c1] > counts[c2] else "no"
+
+
+MAKERS: dict[str, Callable[[Scene, np.random.Generator], tuple[dict, str]]] = {
+    "caption": _caption,
+    "color": _color,
+    "size": _size,
+    "count": _count,
+    "exists": _exists,
+    "position": _position,
+    "relation": _relation,
+    "compare_count": _compare_count,
+}
+MIN_OBJECTS = {"relation": 2}  # families that need more than one object
+
+
+def make_task(scene: Scene, family: str, rng: np.random.Generator) -> tuple[str, str]:
+    """(instruction, answer) of one family for this scene."""
+    if family not in MAKERS:
+        raise ValueError(f"unknown task family {family!r}; choose from {list(MAKERS)}")
+    if len(scene.objects) < MIN_OBJECTS.get(family, 1):
+        raise ValueError(f"family {family!r} needs at least {MIN_OBJECTS[family]} objects per scene")
+    slots, answer = MAKERS[family](scene, rng)
+    return _pick(rng, TEMPLATES[family]).format(**slots), answer
+
+
+def normalize(text: str) -> str:
+    """Case and whitespace folded, trailing period dropped: the exact-match convention."""
+    text = re.sub(r"\s+", " ", text.strip().lower())
+    return re.sub(r"\s*\.$", "", text)
+
+
+_PHRASE = re.compile(r"^(?P<size>\w+) (?P<color>\w+) (?P<shape>\w+) at (?P<cell>.+)$")
+
+
+def slot_recall(scene: Scene, generated: str) -> float:
+    """Fraction of (shape, color, size, cell) slots of the scene's objects the caption states."""
+    said = {}
+    for phrase in normalize(generated).split(" and "):
+        m = _PHRASE.match(phrase.strip())
+        if m:
+            said.setdefault(m["shape"], m.groupdict())
+    hits = 0
+    for o in scene.objects:
+        p = said.get(o.shape)
+        if p is not None:
+            hits += 1 + (p["color"] == o.color) + (p["size"] == o.size) + (p["cell"] == o.cell)
+    return hits / (4 * len(scene.objects))
+
+
+def vocabulary() -> list[str]:
+    """Every word the generator can emit, in a fixed order (the tokenizer's base vocabulary)."""
+    words = set(NUMBERS) | set(COLORS) | set(SHAPES) | {"small", "large", "yes", "no", "and", "at"}
+    words |= {w for c in CELLS for w in c.split()} | {w for r in RELATIONS for w in r.split()}
+    words |= {"scene", "user", "assistant", ":"}
+    for ts in TEMPLATES.values():
+        for t in ts:
+            words |= {w for w in re.sub(r"\{\w+\}", " ", t).split()}
+    return sorted(words)

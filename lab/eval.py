@@ -1,0 +1,165 @@
+"""Evaluation: exact match per task family (held-in and held-out), caption slot recall, cost.
+
+`python -m lab.eval --checkpoint DIR [--data PATH.json --image-folder DIR] --out FILE`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import lab
+from lab.data import (
+    FAMILIES,
+    HELD_IN,
+    HELD_OUT,
+    Collator,
+    LlavaJSON,
+    SceneDataConfig,
+    SceneTasks,
+    normalize,
+    slot_recall,
+)
+from lab.data.tasks import MIN_OBJECTS
+from lab.data.tokenizer import load_tokenizer
+from lab.models import VisionLanguageModel
+
+QA_HELD_IN = tuple(f for f in HELD_IN if f != "caption")  # caption is scored by slot recall
+
+
+def collator_for(model: VisionLanguageModel, tok) -> Collator:
+    q = model.cfg.connector.qformer
+    return Collator(tok, model.cfg.image_tokens, instruction=bool(q and q.instruction_aware))
+
+
+@torch.no_grad()
+def answer(model: VisionLanguageModel, tok, samples, max_new_tokens: int = 8, collator=None) -> list[str]:
+    """Greedy replies to the samples' last human turn."""
+    collator = collator or collator_for(model, tok)
+    batch = collator(samples, prompt_only=True)
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    out = model.generate(
+        batch["pixel_values"],
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch.get("instruction_ids"),
+        batch.get("instruction_mask"),
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tok.eos_id,
+        pad_token_id=tok.pad_id,
+    )
+    replies = []
+    for row in out[:, batch["input_ids"].shape[1] :].tolist():
+        if tok.eos_id in row:
+            row = row[: row.index(tok.eos_id)]
+        replies.append(tok.decode(row))
+    return replies
+
+
+def evaluate_scenes(
+    model: VisionLanguageModel,
+    tok,
+    data: SceneDataConfig,
+    families: tuple[str, ...] = FAMILIES,
+    per_family: int = 64,
+    split: str = "test",
+    batch_size: int = 64,
+) -> dict:
+    """Exact-match accuracy per family on `per_family` samples of `split` each."""
+    model.eval()
+    acc: dict[str, float] = {}
+    recall: list[float] = []
+    for fam in families:
+        if data.scene.max_objects < MIN_OBJECTS.get(fam, 1):
+            continue  # e.g. relations in one-object scenes
+        ds = SceneTasks(data.replace(families=[fam], stream="caption" if fam == "caption" else "instruct"), split)
+        samples = [ds[i] for i in range(per_family)]
+        hits = 0
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i : i + batch_size]
+            new = 4 * data.scene.max_objects * 2 + 4 if fam == "caption" else 6
+            for s, reply in zip(chunk, answer(model, tok, chunk, new), strict=True):
+                hits += normalize(reply) == normalize(s.turns[-1][1])
+                if fam == "caption":
+                    recall.append(slot_recall(s.scene, reply))
+        acc[fam] = hits / len(samples)
+    held_in = [acc[f] for f in QA_HELD_IN if f in acc]
+    held_out = [acc[f] for f in HELD_OUT if f in acc]
+    return {
+        "acc": acc,
+        "held_in_acc": sum(held_in) / len(held_in) if held_in else float("nan"),
+        "held_out_acc": sum(held_out) / len(held_out) if held_out else float("nan"),
+        "caption_slot_recall": sum(recall) / len(recall) if recall else float("nan"),
+        "split": split,
+        "per_family": per_family,
+    }
+
+
+def evaluate_llava(model: VisionLanguageModel, tok, path: str, image_folder: str, batch_size: int = 32) -> dict:
+    """Exact match (case and whitespace folded) of the reply with each record's last assistant turn."""
+    model.eval()
+    ds = LlavaJSON(path, image_folder, model.cfg.vision.image_size)
+    hits = 0
+    for i in range(0, len(ds), batch_size):
+        chunk = [ds[j] for j in range(i, min(len(ds), i + batch_size))]
+        for s, reply in zip(chunk, answer(model, tok, chunk, 32), strict=True):
+            hits += normalize(reply) == normalize(s.turns[-1][1])
+    return {"acc": {"llava": hits / len(ds)}, "exact_match": hits / len(ds), "n": len(ds)}
+
+
+def cost(model: VisionLanguageModel, folder: Path) -> dict:
+    run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
+    return {
+        "trainable_parameters": run.get("trainable_parameters"),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+        "llm_tokens_per_image": model.cfg.image_tokens,
+        "train_samples_per_s": run.get("samples_per_s"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lab.eval", description="Evaluate a trained checkpoint folder")
+    p.add_argument("--checkpoint", required=True, help="a run folder written by lab.train (or any lab model folder)")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--data", help="LLaVA-format JSON to evaluate on instead of generated scenes")
+    p.add_argument("--image-folder", help="folder holding the images named in --data")
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--per-family", type=int, default=100, help="generated samples per task family")
+    args = p.parse_args(argv)
+    folder = Path(args.checkpoint)
+    try:
+        model = lab.load_pretrained(folder)
+        tok = load_tokenizer(folder, model.cfg.image_token_id)
+        t0 = time.perf_counter()
+        if args.data:
+            if not args.image_folder:
+                raise ValueError("--data needs --image-folder")
+            result = evaluate_llava(model, tok, args.data, args.image_folder)
+        else:
+            cfg_file = folder / "train_config.json"
+            data = (
+                SceneDataConfig.from_dict(json.loads(cfg_file.read_text())["data"])
+                if cfg_file.exists()
+                else SceneDataConfig()
+            )
+            result = evaluate_scenes(model, tok, data, per_family=args.per_family, split=args.split)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    result["cost"] = cost(model, folder)
+    result["eval_s"] = time.perf_counter() - t0
+    result["checkpoint"] = str(folder)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k in ("acc", "held_in_acc", "held_out_acc")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""The papers' training stages. Each stage says which data it reads, which parts of the model
+it trains, and which loss it adds up; the model math lives in `lab.models`.
+
+Every stage holds a whole `VisionLanguageModel` (`self.vlm`) plus optional heads (`self.aux`),
+so every checkpoint is a loadable VLM, and `components` records which of its parts hold
+trained weights. `--init` copies exactly those parts into the next stage.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lab.config import ConfigError
+from lab.data import Collator, LlavaJSON, SceneTasks, Shuffled, pixels
+from lab.models import VisionLanguageModel
+from lab.models.blip2_stage1 import Stage1Heads
+from lab.models.clip import ContrastiveHeads
+from lab.train.config import TrainConfig
+
+log = logging.getLogger("lab")
+COMPONENTS = ("vision", "connector", "llm")
+
+
+def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over labelled positions (the trainer divides by the
+    global label count, so accumulation and data parallelism give the same step)."""
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum"
+    )
+
+
+def label_count(batch: dict) -> int:
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+class Stage(nn.Module):
+    name = ""
+    trains: tuple[str, ...] = ()
+
+    def __init__(self, cfg: TrainConfig, tokenizer) -> None:
+        super().__init__()
+        self.cfg, self.tok = cfg, tokenizer
+        model_cfg = self.model_config(cfg)
+        if model_cfg.llm.vocab_size < len(tokenizer):
+            raise ConfigError(
+                f"model.llm.vocab_size={model_cfg.llm.vocab_size} < tokenizer size {len(tokenizer)}"
+            )
+        level = log.level
+        log.setLevel(logging.WARNING)  # the VLM's own freeze log; `set_trainable` says what trains
+        try:
+            self.vlm = VisionLanguageModel(model_cfg)
+        finally:
+            log.setLevel(level)
+        self.aux: nn.Module | None = None
+        q = model_cfg.connector.qformer
+        self.collator = Collator(tokenizer, model_cfg.image_tokens, instruction=bool(q and q.instruction_aware))
+
+    def model_config(self, cfg: TrainConfig):
+        return cfg.model
+
+    def trained_components(self) -> tuple[str, ...]:
+        return self.trains
+
+    def set_trainable(self) -> None:
+        self.requires_grad_(False)
+        for c in self.trained_components():
+            getattr(self.vlm, c).requires_grad_(True)
+        if self.aux is not None:
+            self.aux.requires_grad_(True)
+        parts = list(self.trained_components()) + (["heads"] if self.aux is not None else [])
+        n = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        log.info("stage %s trains %s: %d parameters", self.name, ", ".join(parts), n)
+
+    def dataset(self, split: str):
+        if self.cfg.llava_data:
+            data = LlavaJSON(self.cfg.llava_data, self.cfg.image_folder, self.cfg.model.vision.image_size)
+            return Shuffled(data, self.cfg.seed) if split == "train" else data
+        return SceneTasks(self.cfg.data, split)
+
+    def collate(self, samples) -> dict:
+        return self.collator(samples)
+
+    def count(self, batch: dict) -> int:
+        return label_count(batch)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        out = self.vlm(
+            batch["pixel_values"],
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("instruction_ids"),
+            batch.get("instruction_mask"),
+        )
+        return lm_loss_sum(out.logits, batch["labels"])
+
+
+class VisionStage(Stage):
+    """Stage 0a: CLIP-style contrastive pretraining of the vision encoder on image-caption pairs."""
+
+    name, trains = "vision", ("vision",)
+
+    def __init__(self, cfg, tokenizer) -> None:
+        super().__init__(cfg, tokenizer)
+        self.aux = ContrastiveHeads(cfg.clip, cfg.model.vision.hidden_size, len(tokenizer))
+
+    def collate(self, samples) -> dict:
+        return caption_batch(samples, self.tok)
+
+    def count(self, batch: dict) -> int:
+        return len(batch["input_ids"])
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        image = self.aux.image_embed(self.vlm.vision(batch["pixel_values"]))
+        text = self.aux.text_embed(batch["input_ids"], batch["attention_mask"])
+        return self.aux.loss(image, text) * len(image)
+
+
+class LMStage(Stage):
+    """Stage 0b: the Llama decoder learns the scene language from text alone."""
+
+    name, trains = "lm", ("llm",)
+
+    def __init__(self, cfg, tokenizer) -> None:
+        super().__init__(cfg, tokenizer)
+        self.collator = Collator(tokenizer, 0, train_on="all")
+
+    def dataset(self, split: str):
+        if self.cfg.llava_data:
+            raise ConfigError("stage 'lm' trains on scene text only; --data applies to stage2 and instruct")
+        return SceneTasks(self.cfg.data.replace(stream="text"), split)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        logits = self.vlm.llm(self.vlm.llm.embed(batch["input_ids"]), batch["attention_mask"])
+        return lm_loss_sum(logits, batch["labels"])
+
+
+class Stage1(Stage):
+    """BLIP-2 stage 1: Q-Former ITC + ITM + ITG against a frozen image encoder."""
+
+    name, trains = "stage1", ("connector",)
+
+    def model_config(self, cfg):
+        if cfg.model.connector.kind != "qformer":
+            raise ConfigError(f"stage1 trains a Q-Former; model.connector.kind is {cfg.model.connector.kind!r}")
+        q = cfg.model.connector.qformer.replace(text_input=True)
+        return cfg.model.replace(connector=cfg.model.connector.replace(qformer=q))
+
+    def __init__(self, cfg, tokenizer) -> None:
+        super().__init__(cfg, tokenizer)
+        q = self.vlm.cfg.connector.qformer
+        if q.vocab_size < len(tokenizer):
+            raise ConfigError(f"qformer.vocab_size={q.vocab_size} is smaller than the tokenizer's {len(tokenizer)}")
+        self.aux = Stage1Heads(cfg.stage1, q.hidden_size, q.vocab_size)
+
+    def dataset(self, split: str):
+        if self.cfg.llava_data:
+            raise ConfigError("stage1 trains on generated image-caption pairs; --data applies to stage2 and instruct")
+        return SceneTasks(self.cfg.data.replace(stream="caption"), split)
+
+    def collate(self, samples) -> dict:
+        return caption_batch(samples, self.tok)
+
+    def count(self, batch: dict) -> int:
+        return len(batch["input_ids"])
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            image = self.vlm.vision(batch["pixel_values"])
+        losses = self.aux.losses(self.vlm.connector.qformer, image, batch["input_ids"], batch["attention_mask"])
+        return sum(losses.values()) * len(image)
+
+
+class Stage2(Stage):
+    """BLIP-2 stage 2 / LLaVA feature alignment: only the connector learns, to caption images
+    for the frozen LLM."""
+
+    name, trains = "stage2", ("connector",)
+
+    def dataset(self, split: str):
+        if self.cfg.llava_data:
+            return super().dataset(split)
+        return SceneTasks(self.cfg.data.replace(stream="caption"), split)
+
+
+class InstructStage(Stage):
+    """Instruction tuning on the held-in mix; the vision encoder and LLM train unless frozen."""
+
+    name = "instruct"
+
+    def trained_components(self) -> tuple[str, ...]:
+        m = self.cfg.model
+        return tuple(
+            c for c, frozen in (("vision", m.freeze_vision), ("connector", False), ("llm", m.freeze_llm)) if not frozen
+        )
+
+    def dataset(self, split: str):
+        if self.cfg.llava_data:
+            return super().dataset(split)
+        return SceneTasks(self.cfg.data.replace(stream="instruct"), split)
+
+
+def caption_batch(samples, tok) -> dict:
+    """Images and `<bos> caption <eos>` ids (for the contrastive and stage-1 text sides)."""
+    ids = [[tok.bos_id] + tok.encode(s.turns[-1][1]) + [tok.eos_id] for s in samples]
+    n = max(map(len, ids))
+    return {
+        "pixel_values": pixels([s.image for s in samples]),
+        "input_ids": torch.tensor([x + [tok.pad_id] * (n - len(x)) for x in ids]),
+        "attention_mask": torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x in ids]),
+    }
+
+
+STAGES: dict[str, type[Stage]] = {s.name: s for s in (VisionStage, LMStage, Stage1, Stage2, InstructStage)}
+
+
+def build_stage(cfg: TrainConfig, tokenizer) -> Stage:
+    stage = STAGES[cfg.stage](cfg, tokenizer)
+    stage.set_trainable()
+    return stage

@@ -1,0 +1,319 @@
+"""The training loop: AdamW + warmup/cosine, clipping, accumulation, DDP, exact resume.
+
+Determinism is by construction: sample `i` of the training stream is a pure function of `i`,
+so the data position is one integer; weights, optimizer, scheduler and RNG states are saved
+with it. A resumed run therefore computes exactly the losses an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+import lab
+from lab.data import scene_tokenizer
+from lab.data.tokenizer import WordTokenizer, load_tokenizer
+from lab.train.checkpoint import (
+    config_difference,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    state_tensors,
+    truncate_metrics,
+)
+from lab.train.config import TrainConfig
+from lab.train.stages import COMPONENTS, Stage, build_stage
+
+log = logging.getLogger("lab")
+RUN_FILE = "run.json"  # stage, components holding trained weights, throughput
+HEADS = "heads"  # the stage's own heads (contrastive, stage-1), kept out of the VLM's folder
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue as asked (resume mismatch, existing output...)."""
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun: gloo on CPU, nccl on GPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def all_sum(x: float, device: torch.device) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item()
+
+
+def lr_lambda(cfg: TrainConfig):
+    warm, total, floor = cfg.optim.warmup_steps, cfg.max_steps, cfg.optim.min_lr_ratio
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def run_tokenizer(cfg: TrainConfig, init: list[Path]):
+    """The scene tokenizer, or one fit to LLaVA data; it must equal the tokenizer of --init runs."""
+    if cfg.llava_data:
+        records = json.loads(Path(cfg.llava_data).read_text())
+        tok = WordTokenizer.fit(t["value"] for r in records for t in r.get("conversations", []))
+    else:
+        tok = scene_tokenizer()
+    for d in init:
+        other = load_tokenizer(d)
+        if cfg.llava_data and isinstance(other, WordTokenizer):
+            tok = other  # keep the vocabulary the initial weights were trained with
+        elif other != tok and isinstance(other, WordTokenizer):
+            raise RunError(f"--init {d} was trained with a different tokenizer ({len(other)} vs {len(tok)} words)")
+    return tok
+
+
+def load_init(stage: Stage, folders: list[Path]) -> list[str]:
+    """Copy the trained components of earlier runs into this stage's model; returns them all."""
+    got: dict[str, Path] = {}
+    own = stage.vlm.state_dict()
+    for folder in folders:
+        run = json.loads((folder / RUN_FILE).read_text()) if (folder / RUN_FILE).exists() else {}
+        comps = run.get("components", list(COMPONENTS))
+        src = lab.load_pretrained(folder).state_dict()
+        for comp in comps:
+            if comp in got:
+                raise RunError(f"component {comp!r} comes from both {got[comp]} and {folder}; give each once")
+            got[comp] = folder
+            keys = [k for k in own if k.startswith(comp + ".")]
+            wrong = [k for k in keys if k in src and src[k].shape != own[k].shape]
+            if wrong:
+                raise RunError(
+                    f"--init {folder}: {comp} tensors do not fit this config, e.g. {wrong[0]} "
+                    f"{list(src[wrong[0]].shape)} vs {list(own[wrong[0]].shape)}"
+                )
+            found = [k for k in keys if k in src]
+            if not found:
+                raise RunError(f"--init {folder} has no {comp} tensors for this model")
+            stage.vlm.load_state_dict({k: src[k] for k in found}, strict=False)
+            left = sorted(set(keys) - set(found))
+            unused = sorted(k for k in src if k.startswith(comp + ".") and k not in own)
+            log.info(
+                "init %s from %s (%d tensors)%s%s",
+                comp,
+                folder,
+                len(found),
+                f"; left at init: {left}" if left else "",
+                f"; not used: {unused}" if unused else "",
+            )
+    return sorted(got)
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    init: list[str | Path] = (),
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Run one stage into `out`; returns the run summary (also written to `out/run.json`)."""
+    out, init = Path(out), [Path(p) for p in init]
+    rank, world, device = setup_distributed()
+    main = rank == 0
+    local = cfg.batch_size // world
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise RunError(
+            f"batch_size {cfg.batch_size} must divide into {world} processes x {cfg.grad_accum} accumulation steps"
+        )
+    micro = local // cfg.grad_accum
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    tok = run_tokenizer(cfg, init)
+    stage = build_stage(cfg, tok)
+    inherited = load_init(stage, init)
+    params = [p for p in stage.parameters() if p.requires_grad]
+    if not params:
+        raise RunError(f"stage {cfg.stage} has nothing to train with these freeze settings")
+    stage.to(device)
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=(0.9, cfg.optim.beta2))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    components = sorted(set(inherited) | set(stage.trained_components()))
+
+    step, position = 0, 0
+    metrics_path, cfg_path = out / "metrics.jsonl", out / "train_config.json"
+    if resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            raise RunError(f"--resume: no checkpoint under {out}/checkpoints")
+        diff = config_difference(json.loads(cfg_path.read_text()), _resumable(cfg))
+        if diff:
+            raise RunError(f"--resume: {out} was trained with another config; differences: {diff}")
+        state = load_checkpoint(ckpt, stage)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        step, position = state["step"], state["position"]
+        components = state["components"]
+        if main:
+            truncate_metrics(metrics_path, step)
+            log.info("resumed %s at step %d", ckpt, step)
+    elif main:
+        if latest_checkpoint(out) is not None or metrics_path.exists():
+            raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        cfg_path.write_text(json.dumps(_resumable(cfg), indent=2))
+        if isinstance(tok, WordTokenizer):
+            tok.save(out)
+
+    model = stage
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(stage, find_unused_parameters=True)
+    data = stage.dataset("train")
+    stop = {"signal": 0}
+    handlers = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handlers[sig] = signal.signal(sig, lambda s, _f: stop.update(signal=s))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
+    writer = _tensorboard(out) if main else None
+    bar = None
+    if main and progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=step, desc=f"{cfg.stage}", unit="step", dynamic_ncols=True)
+    t_start, samples_done = time.perf_counter(), 0
+    stage.train()
+    try:
+        with open(metrics_path, "a") if main else nullcontext() as mf:
+            while step < cfg.max_steps:
+                t0 = time.perf_counter()
+                base = position + rank * local
+                batches = [
+                    _to(stage.collate([data[base + m * micro + j] for j in range(micro)]), device)
+                    for m in range(cfg.grad_accum)
+                ]
+                total = all_sum(float(sum(stage.count(b) for b in batches)), device)
+                if total == 0:
+                    raise RunError(f"step {step + 1}: the batch has no labelled tokens (only prompts?)")
+                loss_sum = 0.0
+                for m, b in enumerate(batches):
+                    sync = model.no_sync() if world > 1 and m < len(batches) - 1 else nullcontext()
+                    with sync, autocast:
+                        part = model(b)
+                    (part * world / total).backward()  # DDP averages over processes; undo that
+                    loss_sum += part.detach().float().item()
+                loss = all_sum(loss_sum, device) / total
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss} at step {step + 1} (data position {position}); stopping")
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad).item()
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                position += cfg.batch_size
+                dt = time.perf_counter() - t0
+                samples_done += cfg.batch_size
+                if main:
+                    rec = {
+                        "step": step,
+                        "loss": loss,
+                        "lr": sched.get_last_lr()[0],
+                        "grad_norm": grad_norm,
+                        "samples_per_s": cfg.batch_size / dt,
+                        "elapsed_s": time.perf_counter() - t_start,
+                    }
+                    mf.write(json.dumps(rec) + "\n")
+                    mf.flush()
+                    if writer is not None:
+                        writer.add_scalar("loss", loss, step)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{cfg.batch_size / dt:.0f}")
+                interrupted = all_sum(float(stop["signal"]), device) > 0
+                if step % cfg.save_every == 0 or interrupted or step == cfg.max_steps:
+                    state = {
+                        "step": step,
+                        "position": position,
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "rng": rng_state(),
+                        "components": components,
+                    }
+                    if main:
+                        save_checkpoint(out, step, stage, state)
+                if interrupted:
+                    raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved, continue with --resume")
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+    wall = time.perf_counter() - t_start
+    summary = {
+        "stage": cfg.stage,
+        "components": components,
+        "steps": step,
+        "samples_per_s": samples_done / wall if wall > 0 else None,
+        "trainable_parameters": sum(p.numel() for p in params),
+        "world_size": world,
+    }
+    if main:
+        export(stage, out, summary)
+    if world > 1:
+        dist.barrier()
+    return summary
+
+
+def export(stage: Stage, out: Path, summary: dict) -> None:
+    """The run's result as a model folder: `lab.load_pretrained(out)` and `--init out` read it."""
+    stage.vlm.save_pretrained(out)
+    if stage.aux is not None:
+        (out / HEADS).mkdir(exist_ok=True)
+        save_file(state_tensors(stage.aux), out / HEADS / "model.safetensors")
+    (out / RUN_FILE).write_text(json.dumps(summary, indent=2))
+
+
+def _resumable(cfg: TrainConfig) -> dict:
+    """The config a resumed run must match (how often it saves may change)."""
+    d = cfg.to_dict()
+    d.pop("save_every")
+    return d
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))

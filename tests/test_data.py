@@ -1,0 +1,188 @@
+"""Scene generator, task answers, tokenizer, collator and the LLaVA-format loader."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from lab.config import ConfigError
+from lab.data import (
+    HELD_IN,
+    IGNORE,
+    Collator,
+    LlavaJSON,
+    SceneConfig,
+    SceneDataConfig,
+    SceneTasks,
+    WordTokenizer,
+    caption,
+    render,
+    sample_scene,
+    scene_tokenizer,
+    slot_recall,
+)
+from lab.data.scenes import COLORS
+from lab.data.tasks import make_task
+
+
+def test_samples_are_a_function_of_split_and_index():
+    train = SceneTasks(SceneDataConfig(), "train")
+    again = SceneTasks(SceneDataConfig(), "train")
+    val = SceneTasks(SceneDataConfig(), "val")
+    for i in (0, 7, 1234):
+        assert np.array_equal(train[i].image, again[i].image) and train[i].turns == again[i].turns
+    same = sum(np.array_equal(train[i].image, val[i].image) for i in range(50))
+    assert same == 0
+
+
+def test_rendered_object_has_its_color_at_its_cell_center():
+    cfg = SceneConfig(image_size=48, jitter=0.0, max_objects=4)
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        scene = sample_scene(rng, cfg)
+        img = render(scene, cfg, rng)
+        for o in scene.objects:
+            y, x = int((o.row + 0.5) * 16), int((o.col + 0.5) * 16)
+            assert tuple(img[y, x]) == COLORS[o.color], (o, img[y, x])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10**6), st.sampled_from(["color", "size", "position", "count", "exists", "relation"]))
+def test_answers_follow_from_the_scene(seed, family):
+    rng = np.random.default_rng(seed)
+    scene = sample_scene(rng, SceneConfig(min_objects=2, max_objects=4))
+    question, answer = make_task(scene, family, rng)
+    words = question.split()
+    named = [o for o in scene.objects if o.shape in words]
+    if family in ("color", "size", "position"):
+        assert len(named) == 1
+        assert answer == {"color": named[0].color, "size": named[0].size, "position": named[0].cell}[family]
+    elif family == "count":
+        assert answer == ["zero", "one", "two", "three", "four"][len(scene.objects)]
+    elif family == "exists":
+        color, shape = words[-3], words[-2]
+        present = any(o.color == color and o.shape == shape for o in scene.objects)
+        assert answer == ("yes" if present else "no")
+    else:
+        a, b = sorted(named, key=lambda o: question.index(o.shape))
+        rel = "left of" if "left" in words else "right of" if "right" in words else words[-4]
+        truth = {"left of": a.col < b.col, "right of": a.col > b.col, "above": a.row < b.row, "below": a.row > b.row}
+        assert answer == ("yes" if truth[rel] else "no")
+
+
+def test_exists_is_balanced_and_caption_slots():
+    ds = SceneTasks(SceneDataConfig(families=["exists"]))
+    yes = sum(ds[i].turns[-1][1] == "yes" for i in range(400))
+    assert 150 < yes < 250
+    scene = ds[3].scene
+    assert slot_recall(scene, caption(scene)) == 1.0
+    first = scene.objects[0]
+    wrong = caption(scene).replace(
+        f"{first.color} {first.shape}", f"{'red' if first.color != 'red' else 'blue'} {first.shape}", 1
+    )
+    assert slot_recall(scene, wrong) == pytest.approx(1 - 1 / (4 * len(scene.objects)))
+    assert slot_recall(scene, "") == 0.0
+
+
+def test_config_errors_name_the_problem():
+    with pytest.raises(ConfigError, match="empty"):
+        SceneDataConfig(families=[])
+    with pytest.raises(ConfigError, match="bogus"):
+        SceneDataConfig(families=["bogus"])
+    with pytest.raises(ConfigError, match="at least 2 objects"):
+        SceneDataConfig(families=["relation"], scene=SceneConfig(max_objects=1))
+    with pytest.raises(ConfigError, match="unknown config key"):
+        SceneDataConfig.from_dict({"scenes": {}})
+
+
+def test_tokenizer_round_trip(tmp_path):
+    tok = scene_tokenizer()
+    ids = tok.encode("<image> What color is the circle ?")
+    assert ids[0] == tok.image_id and tok.unk_id not in ids
+    assert tok.decode(ids) == "what color is the circle ?"
+    assert tok.encode("zebra") == [tok.unk_id]
+    tok.save(tmp_path)
+    assert WordTokenizer.load(tmp_path) == tok
+
+
+def test_collator_places_image_tokens_and_trains_only_answers():
+    tok = scene_tokenizer()
+    ds = SceneTasks(SceneDataConfig())
+    samples = [ds[i] for i in range(4)]
+    batch = Collator(tok, image_tokens=5, instruction=True)(samples)
+    assert ((batch["input_ids"] == tok.image_id).sum(1) == 5).all()
+    for row, s in enumerate(samples):
+        labels = batch["labels"][row]
+        answer = tok.encode(s.turns[-1][1]) + [tok.eos_id]
+        assert labels[labels != IGNORE].tolist() == answer
+    prompts = Collator(tok, 5)(samples, prompt_only=True)
+    assert (prompts["attention_mask"][:, -1] == 1).all()  # left padded
+    assert prompts["input_ids"][0, -2:].tolist() == tok.encode("assistant :")
+    assert "instruction_ids" in batch and batch["pixel_values"].shape == (4, 3, 32, 32)
+
+
+def test_collator_refuses_image_without_placeholder():
+    tok = scene_tokenizer()
+    s = SceneTasks(SceneDataConfig())[0]
+    s.turns[0] = ("human", "what color is the circle ?")
+    with pytest.raises(ValueError, match="exactly one <image>"):
+        Collator(tok, 4)([s])
+
+
+def make_llava_folder(root, n=4, bad=None):
+    """A tiny LLaVA-format data set: JSON + PNG images. `bad` breaks it on purpose."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        color = list(COLORS)[i % len(COLORS)]
+        Image.new("RGB", (20, 20), COLORS[color]).save(root / "images" / f"{i}.png")
+        records.append(
+            {
+                "id": str(i),
+                "image": f"{i}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat color is the image?"},
+                    {"from": "gpt", "value": color},
+                    {"from": "human", "value": "Is it a photo?"},
+                    {"from": "gpt", "value": "no"},
+                ],
+            }
+        )
+    if bad == "missing":
+        records[1]["image"] = "nope.png"
+    if bad == "no_image_token":
+        records[2]["conversations"][0]["value"] = "What color is the image?"
+    if bad == "empty":
+        records = []
+    (root / "data.json").write_text(json.dumps(records))
+    return root / "data.json", root / "images"
+
+
+def test_llava_loader_and_multi_turn_labels(tmp_path):
+    path, images = make_llava_folder(tmp_path)
+    ds = LlavaJSON(path, images, image_size=32)
+    s = ds[0]
+    assert s.image.shape == (32, 32, 3) and len(s.turns) == 4
+    tok = WordTokenizer.fit(t for r in json.loads(path.read_text()) for c in r["conversations"] for t in [c["value"]])
+    batch = Collator(tok, 3)([s])
+    labels = batch["labels"][0]
+    trained = labels[labels != IGNORE].tolist()
+    assert trained == tok.encode("red") + [tok.eos_id] + tok.encode("no") + [tok.eos_id]
+
+
+@pytest.mark.parametrize(
+    "bad,match", [("missing", "nope.png"), ("no_image_token", "record 2"), ("empty", "no records")]
+)
+def test_llava_loader_errors(tmp_path, bad, match):
+    path, images = make_llava_folder(tmp_path, bad=bad)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        LlavaJSON(path, images, image_size=32)
+
+
+def test_held_in_and_held_out_are_disjoint():
+    from lab.data import HELD_OUT
+
+    assert not set(HELD_IN) & set(HELD_OUT)

@@ -1,0 +1,292 @@
+"""Trainer: every stage runs and trains only its parts, exact resume after SIGKILL, signals,
+NaN detection, config errors, --init, LLaVA data, and torchrun with 2 processes."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import lab
+from lab.config import ConfigError
+from lab.train import RunError, build_config, train
+from tests.test_data import make_llava_folder
+
+SMALL = {"batch_size": 8, "save_every": 2, "optim.warmup_steps": 2}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cfg(stage, steps=4, **extra):
+    return build_config(stage, quick=True, overrides={**SMALL, "max_steps": steps, **extra})
+
+
+def losses(folder):
+    return [json.loads(line)["loss"] for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
+
+
+def cli(*args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "lab.train", "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def stage0(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage0")
+    train(cfg("vision", 3), root / "vision", progress=False)
+    train(cfg("lm", 3), root / "lm", progress=False)
+    return root
+
+
+def test_every_stage_trains_only_its_components(stage0, tmp_path):
+    vision = lab.load_pretrained(stage0 / "vision")
+    lm = lab.load_pretrained(stage0 / "lm")
+    runs = {
+        "stage1": cfg("stage1", 3),
+        "stage2": cfg("stage2", 3),
+        "instruct": cfg("instruct", 3),
+    }
+    for name, c in runs.items():
+        summary = train(c, tmp_path / name, init=[stage0 / "vision", stage0 / "lm"], progress=False)
+        assert summary["components"] == ["connector", "llm", "vision"]
+        assert len(losses(tmp_path / name)) == 3 and all(map(math.isfinite, losses(tmp_path / name)))
+        model = lab.load_pretrained(tmp_path / name)
+        for k, v in model.state_dict().items():  # frozen parts are exactly the stage-0 weights
+            if k.startswith("vision."):
+                assert torch.equal(v, vision.state_dict()[k]), k
+            if k.startswith("llm."):
+                assert torch.equal(v, lm.state_dict()[k]), k
+    assert (tmp_path / "stage1" / "heads" / "model.safetensors").exists()
+
+
+def test_lm_loss_decreases(tmp_path):
+    train(cfg("lm", 30), tmp_path, progress=False)
+    curve = losses(tmp_path)
+    assert sum(curve[-5:]) / 5 < 0.6 * sum(curve[:5]) / 5
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    args = ["--stage", "instruct", "--quick", "--max-steps", "10", "--save-every", "3", "batch_size=8"]
+    full = cli(*args, "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab.train", "--no-progress", *args, "--out", str(tmp_path / "cut")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = tmp_path / "cut" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    seen = len(metrics.read_text().splitlines())
+    assert 5 <= seen < 10, "the run should have been killed mid-way"
+    resumed = cli(*args, "--out", str(tmp_path / "cut"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert steps == list(range(1, 11))
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+
+
+def test_sigterm_saves_a_checkpoint(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lab.train",
+            "--no-progress",
+            "--stage",
+            "lm",
+            "--quick",
+            "--max-steps",
+            "500",
+            "--save-every",
+            "1000",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = out / "metrics.jsonl"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted at step" in err
+    step = int((out / "checkpoints" / "latest").read_text().split("-")[1])
+    assert step == len(metrics.read_text().splitlines()) >= 3
+
+
+def test_nan_loss_names_the_step(tmp_path, monkeypatch):
+    from lab.train import stages
+
+    real = stages.InstructStage.forward
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        out = real(self, batch)
+        return out * float("nan") if calls["n"] == 3 else out
+
+    monkeypatch.setattr(stages.InstructStage, "forward", poisoned)
+    with pytest.raises(FloatingPointError, match="at step 3"):
+        train(cfg("instruct", 5), tmp_path, progress=False)
+
+
+def test_bad_runs_are_refused(tmp_path):
+    train(cfg("lm", 2), tmp_path / "a", progress=False)
+    with pytest.raises(RunError, match="already holds a run"):
+        train(cfg("lm", 2), tmp_path / "a", progress=False)
+    with pytest.raises(RunError, match="optim.lr"):
+        train(cfg("lm", 2, **{"optim.lr": 0.5}), tmp_path / "a", resume=True, progress=False)
+    with pytest.raises(RunError, match="no checkpoint"):
+        train(cfg("lm", 2), tmp_path / "b", resume=True, progress=False)
+    with pytest.raises(ConfigError, match="unknown config key"):
+        build_config("lm", overrides={"optim.learning_rate": 1.0})
+    r = cli("--stage", "lm", "--out", str(tmp_path / "c"), "model.llm.layers=3")
+    assert r.returncode == 2 and "unknown config key" in r.stderr and "num_layers" in r.stderr
+    with pytest.raises(ConfigError, match="empty"):
+        build_config("instruct", overrides={"data.families": []})
+
+
+def test_llava_data_trains_and_evaluates(tmp_path):
+    path, images = make_llava_folder(tmp_path / "llava", n=4)
+    out = tmp_path / "run"
+    r = cli(
+        "--stage",
+        "instruct",
+        "--quick",
+        "--max-steps",
+        "2",
+        "batch_size=4",
+        "--data",
+        str(path),
+        "--image-folder",
+        str(images),
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    ev = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lab.eval",
+            "--checkpoint",
+            str(out),
+            "--data",
+            str(path),
+            "--image-folder",
+            str(images),
+            "--out",
+            str(tmp_path / "eval.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert 0.0 <= result["exact_match"] <= 1.0 and result["n"] == 4
+    broken, images = make_llava_folder(tmp_path / "broken", bad="missing")
+    r = cli(
+        "--stage",
+        "instruct",
+        "--quick",
+        "--data",
+        str(broken),
+        "--image-folder",
+        str(images),
+        "--out",
+        str(tmp_path / "run2"),
+    )
+    assert r.returncode == 1 and "nope.png" in r.stderr
+
+
+def test_scene_eval_reports_every_family(stage0, tmp_path):
+    out = tmp_path / "eval.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lab.eval",
+            "--checkpoint",
+            str(stage0 / "vision"),
+            "--out",
+            str(out),
+            "--per-family",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert set(result["acc"]) == {
+        "caption",
+        "color",
+        "size",
+        "count",
+        "exists",
+        "position",
+        "relation",
+        "compare_count",
+    }
+    assert 0 <= result["held_in_acc"] <= 1 and 0 <= result["held_out_acc"] <= 1
+    assert result["cost"]["llm_tokens_per_image"] == 8
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    args = ["--stage", "instruct", "--quick", "--max-steps", "3", "batch_size=8", "--no-progress"]
+    one = cli(*args[:-1], "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "lab.train",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(a) == len(b) == 3
+    assert a == pytest.approx(b, rel=1e-4)
