@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any, Self
 
@@ -29,7 +30,11 @@ class Config:
         kwargs = {}
         for name, value in data.items():
             sub = _config_type(hints[name])
-            kwargs[name] = sub.from_dict(value) if sub is not None and isinstance(value, dict) else value
+            if sub is not None and isinstance(value, dict):
+                value = sub.from_dict(value)
+            else:
+                value = _check_type(cls.__name__, name, hints[name], value)
+            kwargs[name] = value
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> Self:
@@ -43,6 +48,24 @@ def _config_type(hint: Any) -> type[Config] | None:
         if isinstance(c, type) and issubclass(c, Config):
             return c
     return None
+
+
+def _check_type(owner: str, name: str, hint: Any, value: Any) -> Any:
+    """Plain scalars must have their field's type (an int is accepted for a float)."""
+    origin = typing.get_origin(hint)
+    if origin not in (None, typing.Union, types.UnionType):
+        return value  # containers (list[str]) are checked by the config's own __post_init__
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None and type(None) in allowed:
+        return value
+    for t in (bool, int, float, str):
+        if t in allowed:
+            if t is float and isinstance(value, int) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, t) and not (t is int and isinstance(value, bool)):
+                return value
+            raise ConfigError(f"{owner}.{name} must be {t.__name__}, got {value!r} ({type(value).__name__})")
+    return value
 
 
 def check_choice(name: str, value: Any, allowed: tuple) -> None:

@@ -81,6 +81,8 @@ def load_tokenizer(folder: str | Path, image_id: int | None = None) -> WordToken
     path = Path(folder, FILE)
     if path.exists() and "lab_word_tokenizer" in json.loads(path.read_text()):
         return WordTokenizer.load(folder)
+    if not any(Path(folder, f).exists() for f in (FILE, "tokenizer_config.json", "tokenizer.model")):
+        raise FileNotFoundError(f"no tokenizer in {folder}: neither lab's {FILE} nor a transformers tokenizer")
     try:
         from transformers import AutoTokenizer
 

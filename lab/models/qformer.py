@@ -217,3 +217,31 @@ class QFormer(nn.Module):
         for layer in self.layers:
             x = layer(x, image, num_queries, mask, image_mask)
         return x
+
+
+@torch.no_grad()
+def cross_attention_maps(
+    qformer: QFormer,
+    image: torch.Tensor,
+    instruction_ids: torch.Tensor | None = None,
+    instruction_mask: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """Attention probabilities `b h nq nk` of the queries over image tokens, one per
+    cross-attention layer (recomputed from each layer's inputs; for inspection, not training)."""
+    captured: list[tuple[BertAttention, torch.Tensor, torch.Tensor]] = []
+    hooks = [
+        layer.cross_attn.register_forward_hook(lambda m, args, _out: captured.append((m, args[0], args[1])))
+        for layer in qformer.layers
+        if layer.cross_attn is not None
+    ]
+    try:
+        qformer(image, instruction_ids, instruction_mask)
+    finally:
+        for h in hooks:
+            h.remove()
+    maps = []
+    for m, x, kv in captured:
+        q = rearrange(m.q(x), "b t (h d) -> b h t d", h=m.num_heads)
+        k = rearrange(m.k(kv), "b t (h d) -> b h t d", h=m.num_heads)
+        maps.append(torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1))
+    return maps

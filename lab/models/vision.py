@@ -119,6 +119,19 @@ class VisionBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """`(1 + grid²) d` position table: zeros for CLS, then sin/cos of row and column per patch."""
+    quarter = dim // 4
+    freq = 1.0 / 100.0 ** (torch.arange(quarter, dtype=torch.float32) / max(1, quarter))
+    rows, cols = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij"
+    )
+    parts = [f(rearrange(a, "h w -> (h w) 1") * freq) for a in (rows, cols) for f in (torch.sin, torch.cos)]
+    table = torch.zeros(1 + grid * grid, dim)
+    table[1:, : 4 * quarter] = torch.cat(parts, dim=1)
+    return table
+
+
 class VisionEncoder(nn.Module):
     """pixels `b 3 H W` -> features `b n dv` (n = patches, plus CLS unless `drop_cls`)."""
 
@@ -128,7 +141,8 @@ class VisionEncoder(nn.Module):
         d = cfg.hidden_size
         self.patch_embed = nn.Conv2d(3, d, cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.randn(d) * 0.02)
-        self.pos_embed = nn.Parameter(torch.randn(cfg.num_patches + 1, d) * 0.02)
+        # 2-D sine-cosine start (as in MAE): from-scratch models see where a patch is from step 0.
+        self.pos_embed = nn.Parameter(sincos_2d(cfg.image_size // cfg.patch_size, d))
         self.pre_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.pre_norm else None
         self.layers = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.num_layers))
         self.post_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.post_norm else None

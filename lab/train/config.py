@@ -144,6 +144,8 @@ def merge(base: dict, extra: dict) -> dict:
 
 def set_override(data: dict, key: str, value: Any) -> None:
     """Set `a.b.c` in a nested dict; the config's strict `from_dict` then names unknown keys."""
+    if key.endswith(".connector") and isinstance(value, str):
+        key = key + ".kind"  # shorthand: --model.connector linear
     *parents, leaf = key.split(".")
     node = data
     for p in parents:
@@ -159,6 +161,16 @@ def set_override(data: dict, key: str, value: Any) -> None:
         node["qformer"] = scene_model().connector.qformer.to_dict()
 
 
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`a.b=value` strings -> {key: value}; values parsed as YAML scalars (1, 1e-3, true, [a, b])."""
     out = {}
@@ -166,8 +178,18 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value, e.g. model.llm.num_layers=4")
         k, v = item.split("=", 1)
-        out[k.strip().lstrip("-")] = yaml.safe_load(v)
+        out[k.strip().lstrip("-")] = _scalar(v)
     return out
+
+
+def _scalar(text: str) -> Any:
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads "2e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def build_config(
@@ -183,7 +205,8 @@ def build_config(
         loaded = yaml.safe_load(Path(config_file).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config_file} must hold a mapping of config keys")
-        data = merge(data, loaded)
+        for k, v in _flatten(loaded).items():  # one key at a time, so connector.kind drops the Q-Former
+            set_override(data, k, v)
     for k, v in (overrides or {}).items():
         set_override(data, k, v)
     data["stage"] = stage

@@ -46,9 +46,7 @@ class Stage(nn.Module):
         self.cfg, self.tok = cfg, tokenizer
         model_cfg = self.model_config(cfg)
         if model_cfg.llm.vocab_size < len(tokenizer):
-            raise ConfigError(
-                f"model.llm.vocab_size={model_cfg.llm.vocab_size} < tokenizer size {len(tokenizer)}"
-            )
+            raise ConfigError(f"model.llm.vocab_size={model_cfg.llm.vocab_size} < tokenizer size {len(tokenizer)}")
         level = log.level
         log.setLevel(logging.WARNING)  # the VLM's own freeze log; `set_trainable` says what trains
         try:

@@ -139,8 +139,12 @@ def train(
     init: list[str | Path] = (),
     resume: bool = False,
     progress: bool = True,
+    stop_at: int | None = None,
 ) -> dict:
-    """Run one stage into `out`; returns the run summary (also written to `out/run.json`)."""
+    """Run one stage into `out`; returns the run summary (also written to `out/run.json`).
+
+    `stop_at` pauses the run after that step (checkpoint and export written, LR schedule still
+    that of `max_steps`); `resume=True` continues it, e.g. to evaluate along the way."""
     out, init = Path(out), [Path(p) for p in init]
     rank, world, device = setup_distributed()
     main = rank == 0
@@ -210,7 +214,8 @@ def train(
     stage.train()
     try:
         with open(metrics_path, "a") if main else nullcontext() as mf:
-            while step < cfg.max_steps:
+            end = min(stop_at or cfg.max_steps, cfg.max_steps)
+            while step < end:
                 t0 = time.perf_counter()
                 base = position + rank * local
                 batches = [
@@ -255,7 +260,7 @@ def train(
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{cfg.batch_size / dt:.0f}")
                 interrupted = all_sum(float(stop["signal"]), device) > 0
-                if step % cfg.save_every == 0 or interrupted or step == cfg.max_steps:
+                if step % cfg.save_every == 0 or interrupted or step == end:
                     state = {
                         "step": step,
                         "position": position,

@@ -1,0 +1,1 @@
+"""Ablations reproducing the BLIP-2 / InstructBLIP / LLaVA comparisons at small scale."""

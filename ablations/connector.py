@@ -1,0 +1,70 @@
+"""Q-Former with K queries vs linear and MLP projection of all patch features (LLaVA, MM1).
+
+`python -m ablations.connector [--quick] [--seeds N] [--out DIR] [--config YAML]`
+"""
+
+from __future__ import annotations
+
+from ablations.runner import Runner, Step, Variant, cli, paired
+
+PAPER = {
+    "MLP beats linear projection": "LLaVA-1.5: linear → MLP, GQA 46.8 → 47.3 (small gain)",
+    "more visual tokens help (16 vs 4 queries)": "MM1: the number of visual tokens matters more "
+    "than the connector type",
+}
+FROZEN = {"model.freeze_vision": True, "model.freeze_llm": True}
+
+
+def variants(quick: bool) -> list[Variant]:
+    ks = (4, 16) if quick else (4, 8, 16, 32)
+    out = [
+        Variant(
+            f"qformer_K{k}",
+            [
+                Step(
+                    "instruct",
+                    {
+                        **FROZEN,
+                        "model.connector.qformer.num_query_tokens": k,
+                        "model.connector.qformer.instruction_aware": False,
+                    },
+                )
+            ],
+        )
+        for k in ks
+    ]
+    for kind in ("linear", "mlp"):
+        out.append(Variant(kind, [Step("instruct", {**FROZEN, "model.connector.kind": kind})]))
+    return out
+
+
+def verdicts(runs):
+    return [
+        paired(
+            runs,
+            "mlp",
+            "linear",
+            "held_in_acc",
+            +1,
+            "MLP beats linear projection",
+            "a gain of 0.5 GQA points is far below what 3 small-scale seeds can resolve",
+        ),
+        paired(
+            runs,
+            "qformer_K16",
+            "qformer_K4",
+            "held_in_acc",
+            +1,
+            "more visual tokens help (16 vs 4 queries)",
+            "with 1-3 objects per scene, 4 queries may already carry everything the questions ask",
+        ),
+    ]
+
+
+def main() -> None:
+    args = cli(__doc__)
+    Runner(args).run("connector", variants(args.quick), PAPER, verdicts, extra_metrics=("train_samples_per_s",))
+
+
+if __name__ == "__main__":
+    main()
