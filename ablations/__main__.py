@@ -19,6 +19,29 @@ COMPARISONS = {
 EXTRA = {"connector": ("train_samples_per_s",), "frozen_encoders": ("retrieval_acc", "retrieval_acc_stage0")}
 
 
+def chance_held_in() -> float:
+    """Mean over held-in question families of 1 / (number of possible answers), default scenes."""
+    from lab.data.scenes import CELLS, COLORS, SIZES, SceneConfig
+
+    cfg = SceneConfig()
+    counts = cfg.max_objects - cfg.min_objects + 1
+    return (1 / len(COLORS) + 1 / len(SIZES) + 1 / counts + 1 / 2 + 1 / len(CELLS)) / 5
+
+
+def _learning_note(results: dict) -> str:
+    chance = chance_held_in()
+    means = [(n, v["held_in_acc"]["mean"]) for r in results.values() for n, v in r["summary"].items()]
+    learned = [n for n, m in means if m >= 2 * chance]
+    lo, hi = min(m for _, m in means), max(m for _, m in means)
+    return (
+        f"**Reading this report.** Held-in chance level is about {chance:.2f} (uniform over each family's answers). "
+        f"Variant means range {lo:.2f}–{hi:.2f}; {len(learned)} of {len(means)} variants reach twice chance. "
+        "At this budget most differences are within seed noise, so *inconclusive* is the honest verdict for them, "
+        "and a *reproduced* no-difference claim (a control) is weak evidence while the variants barely learn. "
+        "Large effects (LLM tuning on held-out accuracy, ViT tuning on retrieval) are clear even so."
+    )
+
+
 def report(out: Path, wall: float | None = None) -> str:
     parts = ["# Ablation report", ""]
     results = {}
@@ -35,6 +58,8 @@ def report(out: Path, wall: float | None = None) -> str:
             "Accuracies are exact match on the test split; mean ± std over seeds. A verdict is *reproduced* when the "
             "paired (same seed, same data) difference has the paper's sign and exceeds 2 standard errors "
             "(and 0.02); for a control, when it stays within that band.",
+            "",
+            _learning_note(results),
             "",
             "| comparison | claim | verdict |",
             "|---|---|---|",

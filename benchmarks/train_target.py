@@ -20,6 +20,7 @@ import lab
 from lab.data import SceneDataConfig, load_tokenizer
 from lab.eval import evaluate_scenes
 from lab.train import build_config, train
+from lab.train.config import parse_overrides
 
 THREE = {"data.scene.min_objects": 3, "data.scene.max_objects": 3}
 
@@ -29,6 +30,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/train_target")
     p.add_argument("--vision-steps", type=int, default=300)
     p.add_argument("--lm-steps", type=int, default=300)
+    p.add_argument("--stage2-steps", type=int, default=0, help="caption pretraining of the connector first (0: none)")
     p.add_argument("--instruct-steps", type=int, default=1200)
     p.add_argument("--chunks", type=int, default=4, help="evaluate on val after each chunk of instruct steps")
     p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for instruct")
@@ -44,10 +46,13 @@ def main() -> None:
         progress=False,
     )
     train(build_config("lm", quick=True, overrides={"max_steps": args.lm_steps}), work / "lm", progress=False)
-    t_stage0 = time.perf_counter() - t0
+    init = [work / "vision", work / "lm"]
+    if args.stage2_steps:
+        s2 = build_config("stage2", quick=True, overrides={"max_steps": args.stage2_steps, **THREE})
+        train(s2, work / "stage2", init=init, progress=False)
+        init = [work / "stage2"]
+    t_stage0 = time.perf_counter() - t0  # all pretraining before instruction tuning
     train_s = t_stage0
-    from lab.train.config import parse_overrides
-
     extra = parse_overrides(args.set)
     data = SceneDataConfig.from_dict({"scene": {"min_objects": 3, "max_objects": 3}})
     cfg = build_config("instruct", quick=True, overrides={"max_steps": args.instruct_steps, **THREE, **extra})
@@ -57,7 +62,7 @@ def main() -> None:
         train(
             cfg,
             work / "instruct",
-            init=[work / "vision", work / "lm"] if c == 1 else [],
+            init=init if c == 1 else [],
             resume=c > 1,
             progress=False,
             stop_at=stop,
@@ -75,7 +80,7 @@ def main() -> None:
         )
         print(json.dumps(curve[-1]), flush=True)
     test = evaluate_scenes(model, tok, data, per_family=100, split="test")
-    result = {"stage0_wall_s": t_stage0, "curve": curve, "test": test, "args": vars(args)}
+    result = {"pretrain_wall_s": t_stage0, "curve": curve, "test": test, "args": vars(args)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({"test_held_in_acc": test["held_in_acc"], "train_wall_s": curve[-1]["train_wall_s"]}))

@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = [module, *args]
         runpy.run_module(module, run_name="__main__")
         return 0
-    return subprocess.call([sys.executable, str(ROOT / "benchmarks" / "kernels.py"), *rest])
+    import os
+
+    env = {**os.environ, **({"TRITON_INTERPRET": "1"} if "--cpu" in rest else {})}  # must precede `import triton`
+    return subprocess.call([sys.executable, "-m", "benchmarks.kernels", *rest], cwd=ROOT, env=env)
 
 
 if __name__ == "__main__":

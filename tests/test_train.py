@@ -290,3 +290,32 @@ def test_torchrun_two_processes_match_one(tmp_path):
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(a) == len(b) == 3
     assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_lab_command_generate_and_errors(stage0, tmp_path, capsys):
+    from PIL import Image
+
+    from lab.cli import main
+    from lab.data import SceneDataConfig, SceneTasks
+
+    Image.fromarray(SceneTasks(SceneDataConfig())[0].image).save(tmp_path / "scene.png")
+    rc = main(
+        [
+            "generate",
+            "--checkpoint",
+            str(stage0 / "vision"),
+            "--image",
+            str(tmp_path / "scene.png"),
+            "--prompt",
+            "what color is the circle ?",
+            "--max-new-tokens",
+            "3",
+        ]
+    )
+    assert rc == 0
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(stage0 / "vision"), "--image", "nope.png", "--prompt", "x"]) == 1
+    assert main(["ablate", "bogus"]) == 2
+    assert main(["frobnicate"]) == 2
+    assert main(["train", "--stage", "lm", "--out", str(tmp_path / "r"), "--model.connector", "bogus"]) == 2
+    assert "allowed" in capsys.readouterr().err
