@@ -83,6 +83,7 @@ class Runner:
         self.budget = dataclasses.replace(QUICK if args.quick else FULL, seeds=args.seeds)
         self.out = Path(args.out)
         self.work = Path(args.work) if args.work else self.out / "_runs" / ("quick" if args.quick else "full")
+        self._stage0_retrieval: dict[int, float] = {}
 
     def config(self, stage: str, seed: int, overrides: dict, steps: int):
         o = {**overrides, "seed": seed, "max_steps": steps, "save_every": max(steps, 1)}
@@ -96,6 +97,13 @@ class Runner:
                 _fresh(root / stage)
                 train(self.config(stage, seed, {}, steps), root / stage, progress=False)
         return root
+
+    def stage0_retrieval(self, seed: int, tok) -> float:
+        """Retrieval of the untouched stage-0 encoder: the same for every variant of a seed."""
+        if seed not in self._stage0_retrieval:
+            vision = self.stage0(seed) / "vision"
+            self._stage0_retrieval[seed] = retrieval(lab.load_pretrained(vision), vision, tok)
+        return self._stage0_retrieval[seed]
 
     def run_variant(self, comparison: str, v: Variant, seed: int) -> dict:
         t0 = time.perf_counter()
@@ -126,10 +134,8 @@ class Runner:
             if split == "test":
                 metrics.update({f"acc_{k}": a for k, a in res["acc"].items()})
                 metrics["caption_slot_recall"] = res["caption_slot_recall"]
-        metrics["retrieval_acc"] = retrieval(model, stage0 / "vision", tok, seed)
-        metrics["retrieval_acc_stage0"] = retrieval(
-            lab.load_pretrained(stage0 / "vision"), stage0 / "vision", tok, seed
-        )
+        metrics["retrieval_acc"] = retrieval(model, stage0 / "vision", tok)
+        metrics["retrieval_acc_stage0"] = self.stage0_retrieval(seed, tok)
         metrics["trainable_parameters"] = float(summary["trainable_parameters"])
         metrics["llm_tokens_per_image"] = float(model.cfg.image_tokens)
         metrics["train_samples_per_s"] = float(summary["samples_per_s"])
@@ -177,7 +183,7 @@ class Runner:
 
 
 @torch.no_grad()
-def retrieval(model, vision_run: Path, tok, seed: int, n: int = 64, batch: int = 32) -> float:
+def retrieval(model, vision_run: Path, tok, n: int = 64, batch: int = 32) -> float:
     """Top-1 image->caption retrieval (batches of 32, val split) of `model`'s vision encoder,
     scored with the stage-0 contrastive heads: how much a tuned encoder drifted from them."""
     from safetensors.torch import load_file

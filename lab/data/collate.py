@@ -25,6 +25,14 @@ def pixels(images: Sequence[np.ndarray]) -> torch.Tensor:
     return rearrange(x, "b h w c -> b c h w")
 
 
+def pad_right(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged id lists -> (ids `b t` right-padded with `pad`, keep-mask `b t`)."""
+    n = max(map(len, rows))
+    ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows])
+    return ids, mask
+
+
 class Collator:
     def __init__(self, tokenizer, image_tokens: int, instruction: bool = False, train_on: str = "assistant") -> None:
         if train_on not in ("assistant", "all"):
@@ -91,7 +99,5 @@ class Collator:
             batch["pixel_values"] = pixels([s.image for s in samples])
             if self.instruction:
                 instr = [self.instruction_of(s) for s in samples]
-                n = max(map(len, instr))
-                batch["instruction_ids"] = torch.tensor([x + [pad] * (n - len(x)) for x in instr])
-                batch["instruction_mask"] = torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x in instr])
+                batch["instruction_ids"], batch["instruction_mask"] = pad_right(instr, pad)
         return batch

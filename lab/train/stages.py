@@ -16,6 +16,7 @@ from torch import nn
 
 from lab.config import ConfigError
 from lab.data import Collator, LlavaJSON, SceneTasks, Shuffled, pixels
+from lab.data.collate import pad_right
 from lab.models import VisionLanguageModel
 from lab.models.blip2_stage1 import Stage1Heads
 from lab.models.clip import ContrastiveHeads
@@ -203,13 +204,8 @@ class InstructStage(Stage):
 
 def caption_batch(samples, tok) -> dict:
     """Images and `<bos> caption <eos>` ids (for the contrastive and stage-1 text sides)."""
-    ids = [[tok.bos_id] + tok.encode(s.turns[-1][1]) + [tok.eos_id] for s in samples]
-    n = max(map(len, ids))
-    return {
-        "pixel_values": pixels([s.image for s in samples]),
-        "input_ids": torch.tensor([x + [tok.pad_id] * (n - len(x)) for x in ids]),
-        "attention_mask": torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x in ids]),
-    }
+    ids, mask = pad_right([[tok.bos_id] + tok.encode(s.turns[-1][1]) + [tok.eos_id] for s in samples], tok.pad_id)
+    return {"pixel_values": pixels([s.image for s in samples]), "input_ids": ids, "attention_mask": mask}
 
 
 STAGES: dict[str, type[Stage]] = {s.name: s for s in (VisionStage, LMStage, Stage1, Stage2, InstructStage)}
