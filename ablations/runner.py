@@ -3,31 +3,46 @@
 A variant is a recipe: a list of training steps (stage, config overrides, which earlier outputs
 to start from). Every variant of a comparison gets the same data, the same optimizer-step budget
 and the same evaluation; stage-0 components (vision encoder, LM) are trained once per seed and
-shared. Training goes through `lab.train.train`, evaluation through `lab.eval`.
+shared by every comparison. Training goes through `lab.train.train`, evaluation through `lab.eval`.
+
+Resumable: each finished (comparison, variant, seed) writes `result.json` into its run folder,
+and a rerun with the same settings reuses it, so a stopped suite continues where it stopped.
+Parallel: `--workers N` runs N jobs at once, each with one torch thread (two 1-thread runs on
+2 cores train 1.75× as many samples per second as one 2-thread run; two runs with default
+threads oversubscribe the cores and crawl).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
-import logging
 import math
+import os
+import shutil
 import subprocess
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import torch
-
-import lab
-from lab.data import SceneDataConfig, load_tokenizer
-from lab.eval import evaluate_scenes
-from lab.train import build_config, train
-
-log = logging.getLogger("lab")
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("held_in_acc", "held_out_acc")
+
+# The small-scale regime, applied to every training step of every variant (chosen on the
+# validation split; REPORT.md's "Regime" section gives the measurements behind each value).
+REGIME: dict[str, Any] = {
+    "data.scene.image_size": 48,  # 3×3 cells of 16 px ...
+    "model.vision.image_size": 48,
+    "model.vision.patch_size": 8,  # ... each exactly 2×2 patches
+    "model.vision.num_layers": 4,
+    "model.llm.num_layers": 4,
+}
+STAGE_REGIME: dict[str, dict[str, Any]] = {
+    "lm": {"optim.lr": 1e-3},  # 3e-3 never leaves the bag-of-words plateau (measured)
+    "instruct": {"optim.lr": 2e-3},
+}
 
 
 @dataclasses.dataclass
@@ -43,34 +58,51 @@ class Variant:
     name: str
     recipe: list[Step]
     eval_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. the 1-object control
-    group: str = "main"  # "main" or "control": reported side by side
+    group: str = "main"  # "main", "control" or "sweep": reported side by side
+    probe: bool = False  # linear probes of its final model (seed 0)
 
 
 @dataclasses.dataclass
 class Budget:
-    """Per-mode sizes. Quick: CPU minutes; full: the same recipe, longer."""
+    """Per-mode sizes. Quick: CPU minutes; full: the same recipes, longer, evaluated on more."""
 
     stage0_steps: dict[str, int]
     steps: int
     per_family: int
     seeds: int = 3
+    probe_fit: int = 1000
 
 
-QUICK = Budget({"vision": 150, "lm": 150}, steps=160, per_family=24)
-FULL = Budget({"vision": 1500, "lm": 1500}, steps=2000, per_family=200)
+QUICK = Budget({"vision": 300, "lm": 2000}, steps=600, per_family=100, seeds=3, probe_fit=600)
+FULL = Budget({"vision": 1000, "lm": 4000}, steps=3000, per_family=1000, seeds=5, probe_fit=1500)
+SMOKE = Budget({"vision": 4, "lm": 4}, steps=4, per_family=8, seeds=1, probe_fit=60)  # plumbing checks only
 
 
-def cli(description: str) -> argparse.Namespace:
+@dataclasses.dataclass
+class Comparison:
+    name: str
+    variants: list[Variant]
+    paper: dict[str, str]
+    verdicts: Any  # (runs) -> list of verdict rows
+    extra_metrics: tuple[str, ...] = ()
+
+
+def cli(description: str, argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="CPU-minutes settings")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--out", default=str(ROOT / "ablations" / "results"))
+    p.add_argument("--seeds", type=int, help="seeds per variant (default: 3 quick, 5 full)")
+    p.add_argument("--out", help="results folder (default: ablations/results, or results/quick with --quick)")
     p.add_argument("--config", help="YAML config applied to every training step (larger runs, real sizes)")
     p.add_argument("--work", help="folder for the runs' checkpoints (default: OUT/_runs)")
-    return p.parse_args()
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="jobs at once (1 thread each)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--smoke", action="store_true", help="a few steps of everything: checks the plumbing, not models")
+    return p.parse_args(argv)
 
 
 def git_commit() -> str:
+    if os.environ.get("LAB_COMMIT"):  # a copy of the tree without .git (a lent GPU machine)
+        return os.environ["LAB_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     except OSError:
@@ -80,138 +112,301 @@ def git_commit() -> str:
 class Runner:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.budget = dataclasses.replace(QUICK if args.quick else FULL, seeds=args.seeds)
-        self.out = Path(args.out)
-        self.work = Path(args.work) if args.work else self.out / "_runs" / ("quick" if args.quick else "full")
-        self._stage0_retrieval: dict[int, float] = {}
+        base = SMOKE if getattr(args, "smoke", False) else QUICK if args.quick else FULL
+        self.budget = dataclasses.replace(base, seeds=args.seeds or base.seeds)
+        default_out = ROOT / "ablations" / "results" / ("quick" if args.quick else "")
+        self.out = Path(args.out) if args.out else default_out
+        self.work = Path(args.work) if args.work else self.out / "_runs"
+
+    # ----- configs ------------------------------------------------------------------------
+    def overrides(self, stage: str, seed: int, overrides: dict, steps: int) -> dict:
+        return {
+            **REGIME,
+            **STAGE_REGIME.get(stage, {}),
+            **overrides,
+            "seed": seed,
+            "max_steps": steps,
+            "save_every": max(steps, 1),
+        }
 
     def config(self, stage: str, seed: int, overrides: dict, steps: int):
-        o = {**overrides, "seed": seed, "max_steps": steps, "save_every": max(steps, 1)}
+        from lab.train import build_config
+
+        o = self.overrides(stage, seed, overrides, steps)
         return build_config(stage, quick=self.args.quick, config_file=self.args.config, overrides=o)
 
+    def fingerprint(self, *parts: Any) -> str:
+        """What a cached result depends on: the budget, the regime, the config file, the recipe."""
+        text = json.dumps([dataclasses.asdict(self.budget), REGIME, STAGE_REGIME, self.args.config, parts], default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    # ----- jobs ---------------------------------------------------------------------------
     def stage0(self, seed: int) -> Path:
         """Vision encoder and LM pretrained once per seed, shared by every comparison."""
+        from lab.train import train
+
         root = self.work / "stage0" / f"seed{seed}"
+        key = self.fingerprint("stage0", seed)
         for stage, steps in self.budget.stage0_steps.items():
-            if not (root / stage / "run.json").exists():
-                _fresh(root / stage)
-                train(self.config(stage, seed, {}, steps), root / stage, progress=False)
+            folder = root / stage
+            if _done(folder, key):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            train(self.config(stage, seed, {}, steps), folder, progress=False)
+            (folder / "fingerprint").write_text(key)
         return root
 
-    def stage0_retrieval(self, seed: int, tok) -> float:
-        """Retrieval of the untouched stage-0 encoder: the same for every variant of a seed."""
-        if seed not in self._stage0_retrieval:
-            vision = self.stage0(seed) / "vision"
-            self._stage0_retrieval[seed] = retrieval(lab.load_pretrained(vision), vision, tok)
-        return self._stage0_retrieval[seed]
-
     def run_variant(self, comparison: str, v: Variant, seed: int) -> dict:
-        t0 = time.perf_counter()
-        stage0 = self.stage0(seed)
+        """Train the recipe, evaluate (val and test), probe (seed 0); cached in result.json."""
         folder = self.work / comparison / v.name / f"seed{seed}"
+        key = self.fingerprint(comparison, dataclasses.asdict(v), seed)
+        cached = folder / "result.json"
+        if cached.exists():
+            res = json.loads(cached.read_text())
+            if res.get("fingerprint") == key:
+                return res
+        import torch
+
+        import lab
+        from lab.train import train
+
+        t0 = time.perf_counter()
+        stage0 = self.work / "stage0" / f"seed{seed}"
         outputs: dict[str, Path] = {}
         summary: dict = {}
         for step in v.recipe:
             init = [stage0 / i.split("/", 1)[1] if i.startswith("stage0/") else outputs[i] for i in step.init]
             out = folder / step.stage
-            _fresh(out)
+            shutil.rmtree(out, ignore_errors=True)
             steps = max(1, round(self.budget.steps * step.steps))
             summary = train(self.config(step.stage, seed, step.overrides, steps), out, init=init, progress=False)
             outputs[step.stage] = out
         final = outputs[v.recipe[-1].stage]
         train_s = time.perf_counter() - t0
-        model = lab.load_pretrained(final)
-        tok = load_tokenizer(final)
-        data = json.loads((final / "train_config.json").read_text())["data"]
-        data = SceneDataConfig.from_dict(_merge_dotted(data, v.eval_overrides))
-        metrics: dict[str, float] = {}
-        for split in ("val", "test") if not self.args.quick else ("test",):
-            torch.manual_seed(seed)
-            res = evaluate_scenes(model, tok, data, per_family=self.budget.per_family, split=split)
-            prefix = "" if split == "test" else "val_"
-            metrics[prefix + "held_in_acc"] = res["held_in_acc"]
-            metrics[prefix + "held_out_acc"] = res["held_out_acc"]
-            if split == "test":
-                metrics.update({f"acc_{k}": a for k, a in res["acc"].items()})
-                metrics["caption_slot_recall"] = res["caption_slot_recall"]
-        metrics["retrieval_acc"] = retrieval(model, stage0 / "vision", tok)
-        metrics["retrieval_acc_stage0"] = self.stage0_retrieval(seed, tok)
+        model = lab.load_pretrained(final).to(self.args.device)
+        metrics = evaluate(model, final, v.eval_overrides, self.budget.per_family, seed)
+        metrics["retrieval_acc"] = retrieval(model, stage0 / "vision", final)
+        metrics["retrieval_acc_stage0"] = retrieval(lab.load_pretrained(stage0 / "vision"), stage0 / "vision", final)
         metrics["trainable_parameters"] = float(summary["trainable_parameters"])
         metrics["llm_tokens_per_image"] = float(model.cfg.image_tokens)
         metrics["train_samples_per_s"] = float(summary["samples_per_s"])
-        return {
+        probe = None
+        if v.probe and seed == 0:
+            from ablations.probe import probe_run
+
+            torch.manual_seed(seed)
+            n = self.budget.probe_fit
+            probe = probe_run(final, n_fit=n, n_val=n // 3, n_test=n // 2)
+        res = {
             "variant": v.name,
             "group": v.group,
             "seed": seed,
             "metrics": metrics,
+            "probe": probe,
             "wall_s": time.perf_counter() - t0,
             "train_s": train_s,
+            "fingerprint": key,
         }
+        cached.write_text(json.dumps(res, indent=2))
+        for out in outputs.values():  # keep the results, not every intermediate checkpoint
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        return res
 
-    def run(self, comparison: str, variants: list[Variant], paper: dict, verdicts, extra_metrics=()) -> dict:
-        """Run every variant for every seed, then write results.json, table.md and plot.png."""
-        logging.basicConfig(level=logging.WARNING)
-        runs = []
-        for seed in range(self.budget.seeds):
-            for v in variants:
-                print(f"[{comparison}] {v.name} seed {seed}", flush=True)
-                runs.append(self.run_variant(comparison, v, seed))
-        summary = summarize(runs)
-        verdict_rows = verdicts(runs)
+    def stage0_probes(self, seed: int = 0) -> dict:
+        """Probes of stage 0 (ViT features; the LM's answers from the true caption as text)."""
+        from ablations.probe import probe_run, text_accuracy
+
+        root = self.work / "stage0" / f"seed{seed}"
+        f = root / "probe.json"
+        key = self.fingerprint("stage0-probe", seed)
+        if f.exists() and json.loads(f.read_text()).get("fingerprint") == key:
+            return json.loads(f.read_text())
+        n = self.budget.probe_fit
+        res = {
+            "vision": probe_run(root / "vision", n_fit=n, n_val=n // 3, n_test=n // 2, sites=("pixels", "vit")),
+            "lm_text": text_accuracy(root / "lm", per_family=min(self.budget.per_family, 500)),
+            "fingerprint": key,
+        }
+        f.write_text(json.dumps(res, indent=2))
+        return res
+
+    # ----- the suite ----------------------------------------------------------------------
+    def run_all(self, comparisons: list[Comparison]) -> dict[str, dict]:
+        """Stage 0 for every seed, then every (comparison, variant, seed) job, `--workers` at a time."""
+        t0 = time.perf_counter()
+        seeds = range(self.budget.seeds)
+        with _pool(self.args.workers) as pool:
+            list(pool.map(_call, [(self, "stage0", (s,)) for s in seeds]))
+            probes = pool.submit(_call, (self, "stage0_probes", (0,)))
+            jobs = [(c.name, v, s) for s in seeds for c in comparisons for v in c.variants]
+            runs = list(pool.map(_call, [(self, "run_variant", j) for j in jobs]))
+            stage0 = probes.result()
+        results = {}
+        for c in comparisons:
+            mine = [r for (name, _, _), r in zip(jobs, runs, strict=True) if name == c.name]
+            results[c.name] = self.finish(c, mine, stage0)
+        self.wall_s = time.perf_counter() - t0
+        return results
+
+    def finish(self, c: Comparison, runs: list[dict], stage0: dict) -> dict:
+        from ablations.report import plot, summarize, table
+
         result = {
-            "comparison": comparison,
+            "comparison": c.name,
             "runs": runs,
-            "summary": summary,
-            "paper": paper,
-            "verdicts": verdict_rows,
+            "summary": summarize(runs),
+            "paper": c.paper,
+            "verdicts": c.verdicts(runs),
+            "recipes": {v.name: [s.overrides for s in v.recipe] for v in c.variants},
+            "stage0_probes": stage0,
             "config": {
                 "mode": "quick" if self.args.quick else "full",
                 "budget": dataclasses.asdict(self.budget),
+                "regime": REGIME,
+                "stage_regime": STAGE_REGIME,
                 "config_file": self.args.config,
+                "device": self.args.device,
                 "example_step_config": self.config("instruct", 0, {}, self.budget.steps).to_dict(),
             },
             "git_commit": git_commit(),
             "wall_s": sum(r["wall_s"] for r in runs),
         }
-        folder = self.out / comparison
+        folder = self.out / c.name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "results.json").write_text(json.dumps(result, indent=2))
-        (folder / "table.md").write_text(table(result, extra_metrics))
+        (folder / "table.md").write_text(table(result, c.extra_metrics))
         plot(result, folder / "plot.png")
-        print(table(result, extra_metrics))
+        print(table(result, c.extra_metrics), flush=True)
         return result
 
 
-@torch.no_grad()
-def retrieval(model, vision_run: Path, tok, n: int = 64, batch: int = 32) -> float:
+def _done(folder: Path, key: str) -> bool:
+    f = folder / "fingerprint"
+    return (folder / "run.json").exists() and f.exists() and f.read_text() == key
+
+
+def _init_worker() -> None:
+    import logging
+
+    import torch
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+
+
+def _call(item):
+    runner, method, args = item
+    if method == "run_variant":
+        print(f"[{args[0]}] {args[1].name} seed {args[2]}", flush=True)
+    return getattr(runner, method)(*args)
+
+
+class _Serial:
+    """The pool interface in this process (workers=1: no spawn cost, tracebacks stay simple)."""
+
+    def __enter__(self):
+        _init_worker()
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, f, items):
+        return map(f, items)
+
+    def submit(self, f, item):
+        value = f(item)
+        return type("Done", (), {"result": lambda self: value})()
+
+
+def _pool(workers: int):
+    if workers <= 1:
+        return _Serial()
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker)
+
+
+# ----- evaluation ---------------------------------------------------------------------------
+def evaluate(model, final: Path, eval_overrides: dict, per_family: int, seed: int) -> dict:
+    """Held-in / held-out exact match on val and test, per-family test accuracy, and the
+    evaluation's own standard error (binomial, per family, propagated to the family mean)."""
+    import torch
+
+    from lab.data import SceneDataConfig, load_tokenizer
+    from lab.eval import QA_HELD_IN, evaluate_scenes
+    from lab.train.config import set_override
+
+    tok = load_tokenizer(final)
+    data = json.loads((final / "train_config.json").read_text())["data"]
+    data = json.loads(json.dumps(data))
+    data["pool"] = 0  # a small tuning pool is still tested on the whole distribution
+    for k, v in eval_overrides.items():
+        set_override(data, k, v)
+    data = SceneDataConfig.from_dict(data)
+    metrics: dict[str, float] = {}
+    for split in ("val", "test"):
+        torch.manual_seed(seed)
+        res = evaluate_scenes(model, tok, data, per_family=per_family, split=split, caption_samples=64)
+        prefix = "" if split == "test" else "val_"
+        metrics[prefix + "held_in_acc"] = res["held_in_acc"]
+        metrics[prefix + "held_out_acc"] = res["held_out_acc"]
+        held_in = [res["acc"][f] for f in QA_HELD_IN if f in res["acc"]]
+        metrics[prefix + "held_in_eval_se"] = eval_se(held_in, per_family)
+        if split == "test":
+            metrics.update({f"acc_{k}": a for k, a in res["acc"].items()})
+            metrics.update({f"chance_{k}": c for k, c in chance(data).items()})
+            metrics["caption_slot_recall"] = res["caption_slot_recall"]
+    return metrics
+
+
+def chance(data) -> dict[str, float]:
+    """Uniform guessing over each question family's possible answers, for these scenes."""
+    from lab.data.scenes import CELLS, COLORS, SIZES
+
+    s = data.scene
+    return {
+        "color": 1 / len(COLORS),
+        "size": 1 / len(SIZES),
+        "count": 1 / (s.max_objects - s.min_objects + 1),
+        "exists": 1 / 2,
+        "position": 1 / len(CELLS),
+        "relation": 1 / 2,
+        "compare_count": 1 / 2,
+    }
+
+
+def eval_se(accs: list[float], n: int) -> float:
+    """Standard error of a mean of family accuracies, each measured on n questions."""
+    return math.sqrt(sum(p * (1 - p) / n for p in accs)) / len(accs) if accs else float("nan")
+
+
+def retrieval(model, vision_run: Path, final: Path, n: int = 64, batch: int = 32) -> float:
     """Top-1 image->caption retrieval (batches of 32, val split) of `model`'s vision encoder,
     scored with the stage-0 contrastive heads: how much a tuned encoder drifted from them."""
+    import torch
     from safetensors.torch import load_file
 
-    from lab.data import SceneTasks
+    from lab.data import SceneDataConfig, SceneTasks, load_tokenizer, pixels
+    from lab.data.collate import pad_right
     from lab.models.clip import ClipConfig, ContrastiveHeads, retrieval_accuracy
-    from lab.train.stages import caption_batch
 
+    tok = load_tokenizer(final)
     cfg = json.loads((vision_run / "train_config.json").read_text())
     heads = ContrastiveHeads(ClipConfig.from_dict(cfg["clip"]), model.cfg.vision.hidden_size, len(tok))
     heads.load_state_dict(load_file(vision_run / "heads" / "model.safetensors"))
+    heads.to(next(model.parameters()).device)
     ds = SceneTasks(SceneDataConfig.from_dict(cfg["data"]), "val")
     accs = []
-    for i in range(0, n, batch):
-        b = caption_batch([ds[j] for j in range(i, i + batch)], tok)
-        img = heads.image_embed(model.vision(b["pixel_values"]))
-        accs.append(retrieval_accuracy(img, heads.text_embed(b["input_ids"], b["attention_mask"])))
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            samples = [ds[j] for j in range(i, i + batch)]
+            ids, mask = pad_right([[tok.bos_id, *tok.encode(s.turns[-1][1]), tok.eos_id] for s in samples], tok.pad_id)
+            dev = next(model.parameters()).device
+            img = heads.image_embed(model.vision(pixels([s.image for s in samples]).to(dev)))
+            accs.append(retrieval_accuracy(img, heads.text_embed(ids.to(dev), mask.to(dev))))
     return sum(accs) / len(accs)
 
 
-def summarize(runs: list[dict]) -> dict:
-    out: dict[str, dict] = {}
-    for name in dict.fromkeys(r["variant"] for r in runs):
-        rs = [r["metrics"] for r in runs if r["variant"] == name]
-        out[name] = {k: mean_std([m[k] for m in rs]) for k in rs[0]}
-    return out
-
-
+# ----- verdicts -----------------------------------------------------------------------------
 def mean_std(xs: list[float]) -> dict:
     xs = [x for x in xs if not math.isnan(x)]
     if not xs:
@@ -226,8 +421,9 @@ def paired(runs: list[dict], a: str, b: str, metric: str, expected: int, label: 
 
     expected=+1: the paper says a > b; -1: a < b; 0: no difference expected (a control).
     Reproduced when the mean paired difference has the expected sign and exceeds twice its
-    standard error (|d| < 0.02 for a control); not reproduced when it is clearly the other way."""
-    by_seed = {}
+    standard error (and 0.02); contradicted when it is that clear the other way; a control
+    holds when the difference stays within that band."""
+    by_seed: dict[int, dict[str, float]] = {}
     for r in runs:
         by_seed.setdefault(r["seed"], {})[r["variant"]] = r["metrics"][metric]
     diffs = [s[a] - s[b] for s in by_seed.values() if a in s and b in s]
@@ -235,11 +431,11 @@ def paired(runs: list[dict], a: str, b: str, metric: str, expected: int, label: 
     se = d["std"] / math.sqrt(max(1, d["n"]))
     clear = abs(d["mean"]) > max(2 * se, 0.02)
     if expected == 0:
-        verdict = "reproduced" if not clear else "not reproduced"
+        verdict = "reproduced" if not clear else "contradicted"
     elif not clear:
         verdict = "inconclusive"
     else:
-        verdict = "reproduced" if (d["mean"] > 0) == (expected > 0) else "not reproduced"
+        verdict = "reproduced" if (d["mean"] > 0) == (expected > 0) else "contradicted"
     return {
         "claim": label,
         "metric": metric,
@@ -247,74 +443,7 @@ def paired(runs: list[dict], a: str, b: str, metric: str, expected: int, label: 
         "b": b,
         "diff_mean": d["mean"],
         "diff_se": se,
+        "seeds": d["n"],
         "verdict": verdict,
         "note": "" if verdict == "reproduced" else reason_if_not,
     }
-
-
-def table(result: dict, extra=()) -> str:
-    cols = ["held_in_acc", "held_out_acc", *extra, "llm_tokens_per_image", "trainable_parameters"]
-    lines = [
-        f"### {result['comparison']} ({result['config']['mode']} mode, {result['config']['budget']['seeds']} seeds)",
-        "",
-        "| variant | group | " + " | ".join(cols) + " |",
-        "|" + "---|" * (len(cols) + 2),
-    ]
-    groups = {r["variant"]: r["group"] for r in result["runs"]}
-    for name, s in result["summary"].items():
-        cells = []
-        for c in cols:
-            m = s[c]
-            if c in ("llm_tokens_per_image", "trainable_parameters"):
-                cells.append(f"{m['mean']:.0f}")
-            else:
-                cells.append(f"{m['mean']:.3f} ± {m['std']:.3f}")
-        lines.append(f"| {name} | {groups[name]} | " + " | ".join(cells) + " |")
-    lines += ["", "| claim | paper | ours (paired diff ± s.e.) | verdict |", "|---|---|---|---|"]
-    for v in result["verdicts"]:
-        paper = result["paper"].get(v["claim"], "")
-        ours = f"{v['a']} − {v['b']} on {v['metric']}: {v['diff_mean']:+.3f} ± {v['diff_se']:.3f}"
-        lines.append(f"| {v['claim']} | {paper} | {ours} | **{v['verdict']}** |")
-    notes = [f"- {v['claim']}: {v['note']}" for v in result["verdicts"] if v["note"]]
-    if notes:
-        lines += ["", "Why a claim may not reproduce here:", *notes]
-    return "\n".join(lines) + "\n"
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(result["summary"])
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 3.5))
-    width = 0.38
-    for j, metric in enumerate(METRICS):
-        means = [result["summary"][n][metric]["mean"] for n in names]
-        stds = [result["summary"][n][metric]["std"] for n in names]
-        xs = [i + (j - 0.5) * width for i in range(len(names))]
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label=metric)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("exact-match accuracy (test)")
-    ax.set_title(f"{result['comparison']} ({result['config']['mode']}, {result['config']['budget']['seeds']} seeds)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _fresh(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _merge_dotted(data: dict, overrides: dict) -> dict:
-    from lab.train.config import set_override
-
-    data = json.loads(json.dumps(data))
-    for k, v in overrides.items():
-        set_override(data, k, v)
-    return data

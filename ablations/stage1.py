@@ -3,12 +3,12 @@
 Q-Former, frozen LLM: stage1 → stage2 → instruct, against stage2 → instruct (BLIP-2 Fig. 5).
 MLP, tuned LLM: LLaVA's projector alignment → instruct, against instruct alone (Prismatic).
 
-`python -m ablations.stage1 [--quick] [--seeds N] [--out DIR] [--config YAML]`
+`python -m ablations.stage1 [--quick] [--seeds N] [--workers N] [--out DIR] [--config YAML]`
 """
 
 from __future__ import annotations
 
-from ablations.runner import Runner, Step, Variant, cli, paired
+from ablations.runner import Comparison, Runner, Step, Variant, cli, paired
 
 PAPER = {
     "stage 1 helps a Q-Former into a frozen LLM": "BLIP-2 Fig. 5: much lower zero-shot VQA without stage 1",
@@ -28,6 +28,7 @@ def variants(quick: bool) -> list[Variant]:
                 Step("stage2", QF, init=("stage1",), steps=0.5),
                 Step("instruct", QF, init=("stage2",)),
             ],
+            probe=True,
         ),
         Variant(
             "qformer_no_stage1",
@@ -35,6 +36,7 @@ def variants(quick: bool) -> list[Variant]:
                 Step("stage2", QF, steps=0.5),
                 Step("instruct", QF, init=("stage2",)),
             ],
+            probe=True,
         ),
         Variant(
             "mlp_aligned",
@@ -70,9 +72,13 @@ def verdicts(runs):
     ]
 
 
+def comparison(quick: bool) -> Comparison:
+    return Comparison("stage1", variants(quick), PAPER, verdicts)
+
+
 def main() -> None:
     args = cli(__doc__)
-    Runner(args).run("stage1", variants(args.quick), PAPER, verdicts)
+    Runner(args).run_all([comparison(args.quick)])
 
 
 if __name__ == "__main__":

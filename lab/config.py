@@ -58,13 +58,15 @@ def _check_type(owner: str, name: str, hint: Any, value: Any) -> Any:
     allowed = typing.get_args(hint) or (hint,)
     if value is None and type(None) in allowed:
         return value
-    for t in (bool, int, float, str):
-        if t in allowed:
-            if t is float and isinstance(value, int) and not isinstance(value, bool):
-                return float(value)
-            if isinstance(value, t) and not (t is int and isinstance(value, bool)):
-                return value
-            raise ConfigError(f"{owner}.{name} must be {t.__name__}, got {value!r} ({type(value).__name__})")
+    scalars = [t for t in (bool, int, float, str) if t in allowed]
+    for t in scalars:
+        if t is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, t) and not (t is int and isinstance(value, bool)):
+            return value
+    if scalars:
+        names = " or ".join(t.__name__ for t in scalars)
+        raise ConfigError(f"{owner}.{name} must be {names}, got {value!r} ({type(value).__name__})")
     return value
 
 

@@ -69,9 +69,11 @@ def evaluate_scenes(
     families: tuple[str, ...] = FAMILIES,
     per_family: int = 64,
     split: str = "test",
-    batch_size: int = 64,
+    batch_size: int = 128,
+    caption_samples: int | None = None,
 ) -> dict:
-    """Exact-match accuracy per family on `per_family` samples of `split` each."""
+    """Exact-match accuracy per family on `per_family` samples of `split` each (captions, long
+    to generate and scored by slot recall, on `caption_samples` if given)."""
     model.eval()
     acc: dict[str, float] = {}
     recall: list[float] = []
@@ -79,7 +81,8 @@ def evaluate_scenes(
         if data.scene.max_objects < MIN_OBJECTS.get(fam, 1):
             continue  # e.g. relations in one-object scenes
         ds = SceneTasks(data.replace(families=[fam], stream="caption" if fam == "caption" else "instruct"), split)
-        samples = [ds[i] for i in range(per_family)]
+        n = caption_samples if fam == "caption" and caption_samples is not None else per_family
+        samples = [ds[i] for i in range(n)]
         hits = 0
         for i in range(0, len(samples), batch_size):
             chunk = samples[i : i + batch_size]

@@ -1,7 +1,7 @@
 """Data: procedural scenes and their tasks, the word tokenizer, LLaVA JSON, the collator."""
 
 from lab.data.collate import IGNORE, Collator, pixels
-from lab.data.datasets import SPLITS, LlavaJSON, Sample, SceneDataConfig, SceneTasks, Shuffled
+from lab.data.datasets import SPLITS, LlavaJSON, Sample, SceneDataConfig, SceneTasks, Shuffled, export_llava
 from lab.data.scenes import Scene, SceneConfig, render, sample_scene
 from lab.data.tasks import FAMILIES, HELD_IN, HELD_OUT, caption, make_task, normalize, slot_recall, vocabulary
 from lab.data.tokenizer import HFTokenizer, WordTokenizer, load_tokenizer
@@ -29,6 +29,7 @@ __all__ = [
     "Shuffled",
     "WordTokenizer",
     "caption",
+    "export_llava",
     "load_tokenizer",
     "make_task",
     "normalize",

@@ -176,6 +176,17 @@ class LanguageModel(nn.Module):
         last_only: bool = False,
     ) -> torch.Tensor:
         """embeds `b t d`; attention_mask `b (past + t)` over cached and new tokens (1 = real)."""
+        x = self.hidden(embeds, attention_mask, position_ids, cache)
+        return self.head(x[:, -1:] if last_only else x)
+
+    def hidden(
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The final normed hidden states `b t d` that the head reads (what the probes read too)."""
         b, t, _ = embeds.shape
         past = cache.length if cache is not None else 0
         if position_ids is None:
@@ -187,9 +198,7 @@ class LanguageModel(nn.Module):
             x = layer(x, cos, sin, mask, i, cache)
         if cache is not None:
             cache.length += t
-        if last_only:
-            x = x[:, -1:]
-        return self.head(self.norm(x))
+        return self.norm(x)
 
 
 def positions_from_mask(mask: torch.Tensor | None, past: int, t: int, b: int, device) -> torch.Tensor:

@@ -27,13 +27,18 @@ class VLMConfig(Config):
     connector: ConnectorConfig = dataclasses.field(default_factory=ConnectorConfig)
     llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
     image_token_id: int = 3
-    freeze_vision: bool = False
-    freeze_llm: bool = False
+    # True / False, or "auto": the training stage decides (`lab.train.trainable`): a part loaded
+    # from --init keeps the stage's default, a part with random weights is trained.
+    freeze_vision: bool | str = False
+    freeze_llm: bool | str = False
 
     def __post_init__(self) -> None:
         for name, cls in (("vision", VisionConfig), ("connector", ConnectorConfig), ("llm", LLMConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, cls.from_dict(getattr(self, name)))
+        for flag in ("freeze_vision", "freeze_llm"):
+            if getattr(self, flag) not in (True, False, "auto"):
+                raise ConfigError(f"{flag}={getattr(self, flag)!r} is not allowed; choose true, false or 'auto'")
         if not 0 <= self.image_token_id < self.llm.vocab_size:
             raise ConfigError(f"image_token_id {self.image_token_id} outside the vocabulary of {self.llm.vocab_size}")
 
@@ -61,8 +66,8 @@ class VisionLanguageModel(nn.Module):
     def apply_freezing(self) -> None:
         for name, frozen in (("vision", self.cfg.freeze_vision), ("llm", self.cfg.freeze_llm)):
             module: nn.Module = getattr(self, name)
-            module.requires_grad_(not frozen)
-            if frozen:
+            module.requires_grad_(frozen is not True)  # "auto" is decided by the training stage
+            if frozen is True:
                 n = sum(p.numel() for p in module.parameters())
                 log.info("froze %s: %d parameters will not be trained", name, n)
 

@@ -50,8 +50,8 @@ def scene_model(connector: str = "qformer", instruction_aware: bool = True, num_
             num_kv_heads=2,
             max_position_embeddings=256,
         ),
-        freeze_vision=True,
-        freeze_llm=True,
+        freeze_vision="auto",  # frozen when loaded from --init, trained when it starts random
+        freeze_llm="auto",
     )
 
 
@@ -81,6 +81,9 @@ class TrainConfig(Config):
     llava_data: str = ""  # LLaVA-format JSON instead of generated scenes
     image_folder: str = ""
     bf16: bool = True  # autocast on CUDA only
+    # stage lm: loss on the "answer" tokens only, or on "all" text tokens. Measured (4-layer LM,
+    # 1,500 steps, question first): answer 0.83 mean held-in text accuracy, all 0.75.
+    lm_loss: str = "answer"
 
     def __post_init__(self) -> None:
         for name, cls in (
@@ -93,6 +96,7 @@ class TrainConfig(Config):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, cls.from_dict(getattr(self, name)))
         check_choice("stage", self.stage, STAGE_NAMES)
+        check_choice("lm_loss", self.lm_loss, ("all", "answer"))
         if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"batch_size {self.batch_size} must be a positive multiple of grad_accum {self.grad_accum}"
@@ -104,19 +108,19 @@ class TrainConfig(Config):
 
 
 # Per-stage settings: (full, quick). Quick finishes in about a minute on 2 CPU cores. The LM
-# reads every family, held-out ones included, as text ("scene : <caption> . <question>"): a real
+# reads every family, held-out ones included, as text ("<question> scene : <caption> ."): a real
 # LLM knows what "left of" means from text; what it has never seen is the question asked of pixels.
 PRESETS: dict[str, tuple[dict, dict]] = {
     "vision": (
         {"max_steps": 600, "optim": {"lr": 1e-3}, "data": {"stream": "caption"}},
         {"max_steps": 150, "save_every": 25, "optim": {"lr": 2e-3, "warmup_steps": 10}, "data": {"stream": "caption"}},
     ),
-    "lm": (
-        {"max_steps": 800, "optim": {"lr": 2e-3}, "data": {"stream": "text", "families": list(FAMILIES)}},
+    "lm": (  # lr 3e-3 leaves the LM on a bag-of-words plateau: it never binds colour to shape
+        {"max_steps": 800, "optim": {"lr": 1e-3}, "data": {"stream": "text", "families": list(FAMILIES)}},
         {
             "max_steps": 200,
             "save_every": 25,
-            "optim": {"lr": 3e-3, "warmup_steps": 10},
+            "optim": {"lr": 1e-3, "warmup_steps": 10},
             "data": {"stream": "text", "families": list(FAMILIES)},
         },
     ),

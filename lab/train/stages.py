@@ -21,6 +21,7 @@ from lab.models import VisionLanguageModel
 from lab.models.blip2_stage1 import Stage1Heads
 from lab.models.clip import ContrastiveHeads
 from lab.train.config import TrainConfig
+from lab.train.trainable import decide, table
 
 log = logging.getLogger("lab")
 COMPONENTS = ("vision", "connector", "llm")
@@ -40,7 +41,6 @@ def label_count(batch: dict) -> int:
 
 class Stage(nn.Module):
     name = ""
-    trains: tuple[str, ...] = ()
 
     def __init__(self, cfg: TrainConfig, tokenizer) -> None:
         super().__init__()
@@ -48,12 +48,11 @@ class Stage(nn.Module):
         model_cfg = self.model_config(cfg)
         if model_cfg.llm.vocab_size < len(tokenizer):
             raise ConfigError(f"model.llm.vocab_size={model_cfg.llm.vocab_size} < tokenizer size {len(tokenizer)}")
-        level = log.level
-        log.setLevel(logging.WARNING)  # the VLM's own freeze log; `set_trainable` says what trains
-        try:
-            self.vlm = VisionLanguageModel(model_cfg)
-        finally:
-            log.setLevel(level)
+        # The stage, not the model, decides what trains (`set_trainable`), so no freeze flag is
+        # applied here: "auto" needs to know what --init loaded.
+        self.vlm = VisionLanguageModel(model_cfg.replace(freeze_vision=False, freeze_llm=False))
+        self.model_cfg = model_cfg
+        self.decisions: list = []
         self.aux: nn.Module | None = None
         q = model_cfg.connector.qformer
         self.collator = Collator(tokenizer, model_cfg.image_tokens, instruction=bool(q and q.instruction_aware))
@@ -62,17 +61,21 @@ class Stage(nn.Module):
         return cfg.model
 
     def trained_components(self) -> tuple[str, ...]:
-        return self.trains
+        return tuple(d.part for d in self.decisions if d.trainable)
 
-    def set_trainable(self) -> None:
+    def set_trainable(self, inherited: set[str] | list[str] = ()) -> list:
+        """Apply `lab.train.trainable.decide` (the one place that decides) and log its table."""
+        self.decisions = decide(self.name, self.model_cfg, inherited)
         self.requires_grad_(False)
-        for c in self.trained_components():
-            getattr(self.vlm, c).requires_grad_(True)
+        for d in self.decisions:
+            getattr(self.vlm, d.part).requires_grad_(d.trainable)
         if self.aux is not None:
             self.aux.requires_grad_(True)
-        parts = list(self.trained_components()) + (["heads"] if self.aux is not None else [])
+        counts = {part: sum(p.numel() for p in getattr(self.vlm, part).parameters()) for part in COMPONENTS}
         n = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        log.info("stage %s trains %s: %d parameters", self.name, ", ".join(parts), n)
+        heads = " (plus the stage's heads)" if self.aux is not None else ""
+        log.info("stage %s: %d trainable parameters%s\n%s", self.name, n, heads, table(self.decisions, counts))
+        return self.decisions
 
     def dataset(self, split: str):
         if self.cfg.llava_data:
@@ -100,7 +103,7 @@ class Stage(nn.Module):
 class VisionStage(Stage):
     """Stage 0a: CLIP-style contrastive pretraining of the vision encoder on image-caption pairs."""
 
-    name, trains = "vision", ("vision",)
+    name = "vision"
 
     def __init__(self, cfg, tokenizer) -> None:
         super().__init__(cfg, tokenizer)
@@ -121,11 +124,11 @@ class VisionStage(Stage):
 class LMStage(Stage):
     """Stage 0b: the Llama decoder learns the scene language from text alone."""
 
-    name, trains = "lm", ("llm",)
+    name = "lm"
 
     def __init__(self, cfg, tokenizer) -> None:
         super().__init__(cfg, tokenizer)
-        self.collator = Collator(tokenizer, 0, train_on="all")
+        self.collator = Collator(tokenizer, 0, train_on="all" if cfg.lm_loss == "all" else "assistant")
 
     def dataset(self, split: str):
         if self.cfg.llava_data:
@@ -140,7 +143,7 @@ class LMStage(Stage):
 class Stage1(Stage):
     """BLIP-2 stage 1: Q-Former ITC + ITM + ITG against a frozen image encoder."""
 
-    name, trains = "stage1", ("connector",)
+    name = "stage1"
 
     def model_config(self, cfg):
         if cfg.model.connector.kind != "qformer":
@@ -167,7 +170,7 @@ class Stage1(Stage):
         return len(batch["input_ids"])
 
     def forward(self, batch: dict) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and "vision" in self.trained_components()):
             image = self.vlm.vision(batch["pixel_values"])
         losses = self.aux.losses(self.vlm.connector.qformer, image, batch["input_ids"], batch["attention_mask"])
         return sum(losses.values()) * len(image)
@@ -177,7 +180,7 @@ class Stage2(Stage):
     """BLIP-2 stage 2 / LLaVA feature alignment: only the connector learns, to caption images
     for the frozen LLM."""
 
-    name, trains = "stage2", ("connector",)
+    name = "stage2"
 
     def dataset(self, split: str):
         if self.cfg.llava_data:
@@ -186,15 +189,9 @@ class Stage2(Stage):
 
 
 class InstructStage(Stage):
-    """Instruction tuning on the held-in mix; the vision encoder and LLM train unless frozen."""
+    """Instruction tuning on the held-in mix; `trainable.decide` says which parts learn."""
 
     name = "instruct"
-
-    def trained_components(self) -> tuple[str, ...]:
-        m = self.cfg.model
-        return tuple(
-            c for c, frozen in (("vision", m.freeze_vision), ("connector", False), ("llm", m.freeze_llm)) if not frozen
-        )
 
     def dataset(self, split: str):
         if self.cfg.llava_data:
@@ -212,6 +209,5 @@ STAGES: dict[str, type[Stage]] = {s.name: s for s in (VisionStage, LMStage, Stag
 
 
 def build_stage(cfg: TrainConfig, tokenizer) -> Stage:
-    stage = STAGES[cfg.stage](cfg, tokenizer)
-    stage.set_trainable()
-    return stage
+    """The stage's modules; `set_trainable(inherited)` follows once `--init` has been loaded."""
+    return STAGES[cfg.stage](cfg, tokenizer)

@@ -7,6 +7,7 @@ with it. A resumed run therefore computes exactly the losses an uninterrupted on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ from lab.train.stages import COMPONENTS, Stage, build_stage
 log = logging.getLogger("lab")
 RUN_FILE = "run.json"  # stage, components holding trained weights, throughput
 HEADS = "heads"  # the stage's own heads (contrastive, stage-1), kept out of the VLM's folder
+TRAINABLE_FILE = "trainable.json"  # what the stage trains and why (`lab.train.trainable`)
 
 
 class RunError(RuntimeError):
@@ -161,6 +163,10 @@ def train(
     tok = run_tokenizer(cfg, init)
     stage = build_stage(cfg, tok)
     inherited = load_init(stage, init)
+    metrics_path, cfg_path, decided_path = out / "metrics.jsonl", out / "train_config.json", out / TRAINABLE_FILE
+    if resume and decided_path.exists():  # decide exactly as the run did, with or without --init now
+        inherited = json.loads(decided_path.read_text())["inherited"]
+    decisions = stage.set_trainable(inherited)
     params = [p for p in stage.parameters() if p.requires_grad]
     if not params:
         raise RunError(f"stage {cfg.stage} has nothing to train with these freeze settings")
@@ -170,7 +176,6 @@ def train(
     components = sorted(set(inherited) | set(stage.trained_components()))
 
     step, position = 0, 0
-    metrics_path, cfg_path = out / "metrics.jsonl", out / "train_config.json"
     if resume:
         ckpt = latest_checkpoint(out)
         if ckpt is None:
@@ -192,6 +197,8 @@ def train(
             raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         cfg_path.write_text(json.dumps(_resumable(cfg), indent=2))
+        decided = {"inherited": sorted(inherited), "parts": [dataclasses.asdict(d) for d in decisions]}
+        decided_path.write_text(json.dumps(decided, indent=2))
         if isinstance(tok, WordTokenizer):
             tok.save(out)
 

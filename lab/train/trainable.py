@@ -1,0 +1,82 @@
+"""What each stage trains: the one place that decides, and the table it logs.
+
+A stage has a default role for each part of the VLM: it trains it, keeps it frozen when it is
+pretrained, or does not use it. The config's `freeze_vision` / `freeze_llm` flags are `true`,
+`false` or `"auto"`. Auto follows the stage's default for a part loaded from `--init`, and trains
+a part that starts from random weights, since a frozen random part is almost always a mistake
+(a newcomer's `--stage instruct` with no `--init` would otherwise train the connector alone into
+a random LLM). Freezing a random part explicitly is an error that names the flag and `--init`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from lab.config import ConfigError
+from lab.models import VLMConfig
+
+log = logging.getLogger("lab")
+PARTS = ("vision", "connector", "llm")
+FLAGS = {"vision": "freeze_vision", "llm": "freeze_llm"}  # the connector always trains where it is used
+
+# Per stage: "train" (the stage exists to train it), "freeze" (kept frozen when pretrained), or
+# absent (the stage does not run that part; it is neither trained nor exported).
+ROLES: dict[str, dict[str, str]] = {
+    "vision": {"vision": "train"},
+    "lm": {"llm": "train"},
+    "stage1": {"vision": "freeze", "connector": "train"},
+    "stage2": {"vision": "freeze", "connector": "train", "llm": "freeze"},
+    "instruct": {"vision": "freeze", "connector": "train", "llm": "freeze"},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    part: str
+    trainable: bool
+    used: bool
+    pretrained: bool
+    why: str
+
+
+def decide(stage: str, model: VLMConfig, inherited: set[str] | list[str]) -> list[Decision]:
+    """One decision per part, from the stage's role, the freeze flag and what `--init` loaded."""
+    out = []
+    for part in PARTS:
+        role = ROLES[stage].get(part)
+        flag_name = FLAGS.get(part)
+        flag = getattr(model, flag_name) if flag_name else "auto"
+        pre = part in inherited
+        start = "loaded from --init" if pre else "random weights"
+        if role is None:
+            out.append(Decision(part, False, False, pre, f"not used by stage {stage}"))
+            continue
+        if flag is True:
+            if role == "train":
+                raise ConfigError(f"stage {stage} exists to train the {part}; model.{flag_name}=true contradicts it")
+            if not pre:
+                raise ConfigError(
+                    f"model.{flag_name}=true but the {part} has random weights: give --init a run that "
+                    f"trained it, or set model.{flag_name}=auto (train it) or false"
+                )
+            out.append(Decision(part, False, True, pre, f"{start}; model.{flag_name}=true"))
+        elif flag is False:
+            out.append(Decision(part, True, True, pre, f"{start}; model.{flag_name}=false"))
+        elif role == "train":
+            out.append(Decision(part, True, True, pre, f"{start}; stage {stage} trains it"))
+        elif pre:
+            out.append(Decision(part, False, True, pre, f"{start}; stage {stage} keeps it frozen (auto)"))
+        else:
+            out.append(Decision(part, True, True, pre, f"{start}; trained so it does not stay random (auto)"))
+    return out
+
+
+def table(decisions: list[Decision], counts: dict[str, int]) -> str:
+    """The decisions as an aligned text table (part, trainable/frozen, parameters, why)."""
+    rows = [("part", "state", "parameters", "why")]
+    for d in decisions:
+        state = "trainable" if d.trainable else ("frozen" if d.used else "unused")
+        rows.append((d.part, state, f"{counts.get(d.part, 0):,}", d.why))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"  {a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}  {w}" for a, b, c, w in rows)

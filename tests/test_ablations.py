@@ -1,0 +1,92 @@
+"""Ablation machinery without training: verdict rules, evaluation error, the ridge probe, and the
+runner's resumability (a finished job is reused only when its settings match)."""
+
+import argparse
+import json
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ablations.instruction_aware import gap_closes
+from ablations.probe import RidgeProbe
+from ablations.runner import Runner, Step, Variant, eval_se, paired
+
+
+def _runs(values: dict[str, list[float]], metric="held_in_acc"):
+    return [
+        {"variant": name, "seed": s, "metrics": {metric: x}} for name, xs in values.items() for s, x in enumerate(xs)
+    ]
+
+
+def test_paired_verdicts():
+    clear_up = _runs({"a": [0.8, 0.82, 0.81], "b": [0.7, 0.71, 0.7]})
+    assert paired(clear_up, "a", "b", "held_in_acc", +1, "c", "")["verdict"] == "reproduced"
+    assert paired(clear_up, "a", "b", "held_in_acc", -1, "c", "why")["verdict"] == "contradicted"
+    noisy = _runs({"a": [0.8, 0.6, 0.75], "b": [0.7, 0.72, 0.71]})
+    assert paired(noisy, "a", "b", "held_in_acc", +1, "c", "")["verdict"] == "inconclusive"
+    same = _runs({"a": [0.7, 0.71, 0.7], "b": [0.7, 0.7, 0.71]})
+    assert paired(same, "a", "b", "held_in_acc", 0, "c", "")["verdict"] == "reproduced"
+    assert paired(clear_up, "a", "b", "held_in_acc", 0, "c", "")["verdict"] == "contradicted"
+
+
+def test_gap_closes_uses_the_difference_of_gaps():
+    runs = _runs(
+        {
+            "aware_K2": [0.9, 0.91, 0.9],
+            "plain_K2": [0.6, 0.62, 0.61],
+            "aware_K8": [0.92, 0.93, 0.92],
+            "plain_K8": [0.9, 0.91, 0.91],
+        }
+    )
+    assert gap_closes(runs, 2, 8, "m", "")["verdict"] == "reproduced"
+    flipped = [dict(r, variant=r["variant"].replace("K2", "Kx").replace("K8", "K2").replace("Kx", "K8")) for r in runs]
+    assert gap_closes(flipped, 2, 8, "m", "")["verdict"] == "contradicted"
+
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=6), st.integers(10, 5000))
+def test_eval_se_is_the_binomial_error_of_a_mean(accs, n):
+    se = eval_se(accs, n)
+    assert se <= 0.5 / math.sqrt(n) / math.sqrt(len(accs)) + 1e-12  # p(1-p) <= 1/4
+    if len(accs) == 1:
+        assert math.isclose(se, math.sqrt(accs[0] * (1 - accs[0]) / n), abs_tol=1e-12)
+
+
+@settings(deadline=None, max_examples=10)
+@given(st.integers(0, 1000))
+def test_ridge_probe_reads_linear_targets_and_not_noise(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = [torch.randn(n, 20, generator=g, dtype=torch.float64) for n in (300, 100, 200)]
+    w = torch.randn(20, 4, generator=g, dtype=torch.float64)
+    y = [(xi @ w).argmax(1) for xi in x]
+    probe = RidgeProbe(*x)
+    assert probe(*y)["acc"] > 0.85
+    noise = [torch.randint(0, 4, (len(xi),), generator=g) for xi in x]
+    assert probe(*noise)["acc"] < 0.45  # chance is 0.25; 20 features on 300 samples overfit a little
+    missing = [torch.where(yi == 0, -1, yi) for yi in y]  # -1: the target does not exist there
+    assert probe(*missing)["n_test"] == int((y[2] != 0).sum())
+
+
+def test_finished_jobs_are_reused_only_with_the_same_settings(tmp_path, monkeypatch):
+    args = argparse.Namespace(quick=True, seeds=1, out=str(tmp_path), config=None, work=None, workers=1, device="cpu")
+    runner = Runner(args)
+    v = Variant("x", [Step("instruct", {"model.connector": "linear"})])
+    folder = runner.work / "comp" / "x" / "seed0"
+    folder.mkdir(parents=True)
+    key = runner.fingerprint("comp", __import__("dataclasses").asdict(v), 0)
+    (folder / "result.json").write_text(json.dumps({"variant": "x", "fingerprint": key, "metrics": {"m": 1.0}}))
+    assert runner.run_variant("comp", v, 0)["metrics"] == {"m": 1.0}
+
+    import lab.train
+
+    def no_training(*a, **k):
+        raise RuntimeError("retrained")
+
+    monkeypatch.setattr(lab.train, "train", no_training)
+    other = Variant("x", [Step("instruct", {"model.connector": "mlp"})])  # same folder, new recipe
+    try:
+        runner.run_variant("comp", other, 0)
+        raise AssertionError("a stale result was reused")
+    except RuntimeError as e:
+        assert "retrained" in str(e)
