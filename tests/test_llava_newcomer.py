@@ -19,21 +19,23 @@ from lab.data import SceneDataConfig, export_llava, load_tokenizer
 from lab.eval import evaluate_llava, evaluate_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ["color", "size", "count", "exists"]  # short answers: exact match is meaningful
-STEPS, EVAL = "400", 200
-CHANCE = (1 / 6 + 1 / 2 + 1 / 3 + 1 / 2) / 4  # uniform over each family's answers (1-3 objects)
+FAMILIES = ["color", "position"]  # one object per image: what a from-scratch model learns in CI time
+STEPS, EVAL = "600", 200
+MODEL = ["--model.connector", "linear"]
+CHANCE = (1 / 6 + 1 / 9) / 2  # uniform over each family's answers
 
 
 def _train(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    cmd = [sys.executable, "-m", "lab.train", "--no-progress", "--stage", "instruct", "--quick", *args]
+    # A linear connector (LLaVA-1) learns fastest from scratch; both paths use it, no freeze flag is given.
+    cmd = [sys.executable, "-m", "lab.train", "--no-progress", "--stage", "instruct", "--quick", *args, *MODEL]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     return r
 
 
 def test_llava_json_run_learns_like_the_native_path(tmp_path):
-    data = SceneDataConfig.from_dict({"families": FAMILIES})
+    data = SceneDataConfig.from_dict({"families": FAMILIES, "scene": {"max_objects": 1}})
     train_json = export_llava(data, "train", 3000, tmp_path / "train")
     val_json = export_llava(data, "val", EVAL, tmp_path / "val")
     r = _train(
@@ -50,7 +52,14 @@ def test_llava_json_run_learns_like_the_native_path(tmp_path):
     decided = json.loads((tmp_path / "llava" / "trainable.json").read_text())
     assert all(p["trainable"] for p in decided["parts"])
 
-    _train("--max-steps", STEPS, f"data.families=[{', '.join(FAMILIES)}]", "--out", str(tmp_path / "native"))
+    _train(
+        "--max-steps",
+        STEPS,
+        f"data.families=[{', '.join(FAMILIES)}]",
+        "data.scene.max_objects=1",
+        "--out",
+        str(tmp_path / "native"),
+    )
 
     llava = evaluate_llava(
         lab.load_pretrained(tmp_path / "llava"),
@@ -67,5 +76,5 @@ def test_llava_json_run_learns_like_the_native_path(tmp_path):
         per_family=EVAL // len(FAMILIES),
         split="val",
     )["held_in_acc"]
-    assert llava > 1.5 * CHANCE and native > 1.5 * CHANCE, (llava, native)
+    assert llava > 3 * CHANCE and native > 3 * CHANCE, (llava, native)
     assert abs(llava - native) < 0.1, (llava, native)  # two seeds' noise at 200 questions is about 0.05
