@@ -24,8 +24,17 @@ def main() -> int:
     runner = Runner(args)
     comparisons = [mod.comparison(args.quick) for mod in MODULES.values()]
     runner.run_all(comparisons)
-    report(runner.out, list(MODULES), runner.wall_s)
-    print(f"report: {runner.out / 'REPORT.md'}")
+    path = runner.out / "REPORT.md"
+    if args.quick and not args.out:  # the quick report sits beside the full one, results in quick/
+        path = runner.out.parent / "REPORT.quick.md"
+    report(
+        runner.out,
+        list(MODULES),
+        runner.wall_s,
+        path=path,
+        links=f"{runner.out.name}/" if path.parent != runner.out else "",
+    )
+    print(f"report: {path}")
     return 0
 
 

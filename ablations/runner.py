@@ -164,7 +164,7 @@ class Runner:
         if cached.exists():
             res = json.loads(cached.read_text())
             if res.get("fingerprint") == key:
-                return res
+                return {**res, "_cached": True}
         import torch
 
         import lab
@@ -241,11 +241,21 @@ class Runner:
             jobs = [(c.name, v, s) for s in seeds for c in comparisons for v in c.variants]
             runs = list(pool.map(_call, [(self, "run_variant", j) for j in jobs]))
             stage0 = probes.result()
+        reused = sum(bool(r.pop("_cached", False)) for r in runs)
         results = {}
         for c in comparisons:
             mine = [r for (name, _, _), r in zip(jobs, runs, strict=True) if name == c.name]
             results[c.name] = self.finish(c, mine, stage0)
         self.wall_s = time.perf_counter() - t0
+        self.out.mkdir(parents=True, exist_ok=True)
+        suite = {"wall_s": self.wall_s, "workers": self.args.workers, "device": self.args.device, "jobs": len(jobs)}
+        suite["serial_s"] = sum(r["wall_s"] for r in runs)
+        if reused:  # a resumed suite: this invocation's wall time covers only what it ran
+            suite["reused_jobs"] = reused
+            previous = self.out / "suite.json"
+            if previous.exists() and reused == len(runs):
+                suite = json.loads(previous.read_text())  # nothing ran: keep the run's own record
+        (self.out / "suite.json").write_text(json.dumps(suite, indent=2))
         return results
 
     def finish(self, c: Comparison, runs: list[dict], stage0: dict) -> dict:

@@ -3,6 +3,9 @@ accuracy on 3-object scenes against wall-clock time (2 CPU cores).
 
     python benchmarks/train_target.py --out benchmarks/results/train_target [--set model.freeze_llm=false]
 
+Every stage runs in the ablation regime (`ablations.runner.REGIME`, `STAGE_REGIME`): 48 px scenes,
+patch 8, 4-layer ViT and LLM, question-first prompts, the LM's loss on answers at lr 1e-3.
+
 Held-in accuracy (question families; caption is scored by slot recall) is measured on the
 validation split after each chunk of instruct steps, and on the test split at the end.
 `train_wall_s` counts training time only (stage 0 included), not evaluation.
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 
 import lab
+from ablations.runner import REGIME, STAGE_REGIME
 from lab.data import SceneDataConfig, load_tokenizer
 from lab.eval import evaluate_scenes
 from lab.train import build_config, train
@@ -28,10 +32,10 @@ THREE = {"data.scene.min_objects": 3, "data.scene.max_objects": 3}
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="benchmarks/results/train_target")
-    p.add_argument("--vision-steps", type=int, default=300)
-    p.add_argument("--lm-steps", type=int, default=300)
+    p.add_argument("--vision-steps", type=int, default=1000)
+    p.add_argument("--lm-steps", type=int, default=4000)
     p.add_argument("--stage2-steps", type=int, default=0, help="caption pretraining of the connector first (0: none)")
-    p.add_argument("--instruct-steps", type=int, default=1200)
+    p.add_argument("--instruct-steps", type=int, default=3000)
     p.add_argument("--chunks", type=int, default=4, help="evaluate on val after each chunk of instruct steps")
     p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for instruct")
     args = p.parse_args()
@@ -40,27 +44,27 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
     curve = []
-    train(
-        build_config("vision", quick=True, overrides={"max_steps": args.vision_steps, **THREE}),
-        work / "vision",
-        progress=False,
-    )
-    train(build_config("lm", quick=True, overrides={"max_steps": args.lm_steps}), work / "lm", progress=False)
+
+    def cfg(stage: str, **o):
+        return build_config(stage, quick=True, overrides={**REGIME, **STAGE_REGIME.get(stage, {}), **o})
+
+    train(cfg("vision", max_steps=args.vision_steps, **THREE), work / "vision", progress=False)
+    train(cfg("lm", max_steps=args.lm_steps), work / "lm", progress=False)
     init = [work / "vision", work / "lm"]
     if args.stage2_steps:
-        s2 = build_config("stage2", quick=True, overrides={"max_steps": args.stage2_steps, **THREE})
+        s2 = cfg("stage2", max_steps=args.stage2_steps, **THREE)
         train(s2, work / "stage2", init=init, progress=False)
         init = [work / "stage2"]
     t_stage0 = time.perf_counter() - t0  # all pretraining before instruction tuning
     train_s = t_stage0
     extra = parse_overrides(args.set)
-    data = SceneDataConfig.from_dict({"scene": {"min_objects": 3, "max_objects": 3}})
-    cfg = build_config("instruct", quick=True, overrides={"max_steps": args.instruct_steps, **THREE, **extra})
+    data = SceneDataConfig.from_dict({"scene": {"min_objects": 3, "max_objects": 3, "image_size": 48}})
+    instruct = cfg("instruct", max_steps=args.instruct_steps, **THREE, **extra)
     for c in range(1, args.chunks + 1):  # one run, paused after each chunk to evaluate
         stop = args.instruct_steps * c // args.chunks
         t1 = time.perf_counter()
         train(
-            cfg,
+            instruct,
             work / "instruct",
             init=init if c == 1 else [],
             resume=c > 1,

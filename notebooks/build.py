@@ -156,13 +156,15 @@ NOTEBOOKS = {
     ],
     "04_ablation_results.ipynb": [
         new_markdown_cell(
-            "# Ablation results beside the papers\n\nLoads `ablations/results/*/results.json` (written by "
-            "`python -m ablations --quick`) and plots each comparison's variants with the paper's reported "
+            "# Ablation results beside the papers\n\nLoads `ablations/results/*/results.json` (full mode, written by "
+            "`python -m ablations`; the quick-mode ones under `quick/` when full mode has not run) and plots each comparison's variants with the paper's reported "
             "direction and our verdict."
         ),
         new_code_cell(
             "import json, pathlib, matplotlib.pyplot as plt\n"
-            "results = {p.parent.name: json.loads(p.read_text()) for p in sorted(pathlib.Path('../ablations/results').glob('*/results.json'))}\n"
+            "root = pathlib.Path('../ablations/results')\n"
+            "files = sorted(root.glob('*/results.json')) or sorted(root.glob('quick/*/results.json'))  # full mode, else quick\n"
+            "results = {p.parent.name: json.loads(p.read_text()) for p in files}\n"
             "list(results)"
         ),
         new_code_cell(

@@ -177,8 +177,8 @@ class Stage1(Stage):
 
 
 class Stage2(Stage):
-    """BLIP-2 stage 2 / LLaVA feature alignment: only the connector learns, to caption images
-    for the frozen LLM."""
+    """BLIP-2 stage 2 / LLaVA feature alignment: the connector learns to caption images for the
+    LLM, which stays frozen when it is pretrained (`trainable.decide`)."""
 
     name = "stage2"
 
