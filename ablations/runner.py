@@ -6,7 +6,9 @@ and the same evaluation; stage-0 components (vision encoder, LM) are trained onc
 shared by every comparison. Training goes through `lab.train.train`, evaluation through `lab.eval`.
 
 Resumable: each finished (comparison, variant, seed) writes `result.json` into its run folder,
-and a rerun with the same settings reuses it, so a stopped suite continues where it stopped.
+and a rerun with the same settings reuses it, so a stopped suite continues where it stopped. The
+fingerprint covers the settings (budget, regime, config file, recipe), not lab's code: after
+changing the code, give a fresh `--work` folder.
 Parallel: `--workers N` runs N jobs at once, each with one torch thread (two 1-thread runs on
 2 cores train 1.75× as many samples per second as one 2-thread run; two runs with default
 threads oversubscribe the cores and crawl).
