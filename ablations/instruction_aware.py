@@ -10,7 +10,7 @@ object per image there is nothing to choose, so the gap should vanish.
 
 from __future__ import annotations
 
-from ablations.runner import Comparison, Runner, Step, Variant, cli, mean_std, paired
+from ablations.runner import Comparison, Runner, Step, Variant, by_seed, cli, paired, verdict_row
 
 PAPER = {
     "instruction-aware queries help held-in": "InstructBLIP Table 2 (FlanT5-XL): held-in avg 94.1 → 89.8 without",
@@ -53,31 +53,13 @@ def variants(quick: bool) -> list[Variant]:
 
 def gap_closes(runs, small: int, large: int, label: str, reason: str) -> dict:
     """Per seed: (aware − plain) at K=small minus the same at K=large; reproduced when > 2 s.e."""
-    by_seed: dict[int, dict[str, float]] = {}
-    for r in runs:
-        by_seed.setdefault(r["seed"], {})[r["variant"]] = r["metrics"]["held_in_acc"]
     names = [f"aware_K{small}", f"plain_K{small}", f"aware_K{large}", f"plain_K{large}"]
-    d = mean_std(
-        [
-            (s[names[0]] - s[names[1]]) - (s[names[2]] - s[names[3]])
-            for s in by_seed.values()
-            if all(n in s for n in names)
-        ]
-    )
-    se = d["std"] / max(1, d["n"]) ** 0.5
-    clear = abs(d["mean"]) > max(2 * se, 0.02)
-    verdict = "inconclusive" if not clear else ("reproduced" if d["mean"] > 0 else "contradicted")
-    return {
-        "claim": label,
-        "metric": "held_in_acc gap",
-        "a": f"gap@K{small}",
-        "b": f"gap@K{large}",
-        "diff_mean": d["mean"],
-        "diff_se": se,
-        "seeds": d["n"],
-        "verdict": verdict,
-        "note": "" if verdict == "reproduced" else reason,
-    }
+    diffs = [
+        (s[names[0]] - s[names[1]]) - (s[names[2]] - s[names[3]])
+        for s in by_seed(runs, "held_in_acc").values()
+        if all(n in s for n in names)
+    ]
+    return verdict_row(diffs, +1, label, "held_in_acc gap", f"gap@K{small}", f"gap@K{large}", reason)
 
 
 def verdicts(runs):

@@ -151,14 +151,15 @@ def targets(results: dict[str, dict], mode: str) -> tuple[list[str], bool]:
 
 
 def frozen_llm_held_out(results: dict[str, dict]) -> tuple[str, float]:
+    """The main variant with the best held-out accuracy among those whose every step keeps the LLM
+    frozen (explicitly, or by "auto" on a pretrained LLM)."""
     best = ("", float("nan"))
     for res in results.values():
-        for r in res["runs"]:
-            cfg = [s for s in _recipe(res, r["variant"])]
-            if r["group"] == "main" and cfg and all(o.get("model.freeze_llm", "auto") in (True, "auto") for o in cfg):
-                m = res["summary"][r["variant"]]["held_out_acc"]["mean"]
-                if not best[0] or m > best[1]:
-                    best = (f"{res['comparison']}/{r['variant']}", m)
+        for name, s in res["summary"].items():
+            steps = _recipe(res, name)
+            frozen = steps and all(o.get("model.freeze_llm", "auto") in (True, "auto") for o in steps)
+            if _group(res, name) == "main" and frozen and (not best[0] or s["held_out_acc"]["mean"] > best[1]):
+                best = (f"{res['comparison']}/{name}", s["held_out_acc"]["mean"])
     return best
 
 
@@ -174,33 +175,41 @@ def _mark(ok: bool) -> str:
     return "✅" if ok else "❌"
 
 
-def probe_section(results: dict[str, dict]) -> list[str]:
+PROBE_INTRO = (
+    "Ridge probes on frozen features (fit on train, strength chosen on val, accuracy on test; the "
+    "majority-class rate in brackets). Scene sites: attribute of the object in each grid cell "
+    '("none" when empty), count, the cell of each shape. `llm`: the final hidden state at the answer '
+    "position, per question family. `lm text` is the stage-0 LM answering from the *true caption as "
+    "text*: the ceiling of every frozen-LLM variant."
+)
+
+
+def probe_lines(stage0: dict, variants: dict[str, dict]) -> list[str]:
+    """Stage 0's probes, then each probed variant's (its pixel row only where its scenes differ
+    from stage 0's: the same images probe the same), then the LM's text accuracy."""
     from ablations.probe import probe_table
 
-    first = next(iter(results.values()))
-    stage0 = first.get("stage0_probes") or {}
-    lines = ["## Where the information goes: linear probes", ""]
-    lines.append(
-        "Ridge probes on frozen features (fit on train, strength chosen on val, accuracy on test; the "
-        "majority-class rate in brackets). Scene sites: attribute of the object in each grid cell "
-        '("none" when empty), count, the cell of each shape. `llm`: the final hidden state at the answer '
-        "position, per question family. `lm text` is the stage-0 LM answering from the *true caption as "
-        "text*: the ceiling of every frozen-LLM variant."
+    pixels = stage0.get("vision", {}).get("pixels")
+    probes = {"stage 0 (seed 0)": stage0["vision"]} if stage0.get("vision") else {}
+    probes.update(
+        {name: {k: v for k, v in p.items() if not (k == "pixels" and v == pixels)} for name, p in variants.items()}
     )
-    lines.append("")
-    probes = {}
-    if stage0.get("vision"):
-        probes["stage 0 (seed 0)"] = stage0["vision"]
-    for res in results.values():
-        for r in res["runs"]:
-            if r.get("probe"):  # the pixel rows are stage 0's again: the same images
-                probes[f"{res['comparison']}/{r['variant']}"] = {k: v for k, v in r["probe"].items() if k != "pixels"}
-    if probes:
-        lines.append(probe_table(probes))
+    lines = [probe_table(probes)] if probes else []
     if stage0.get("lm_text"):
         t = stage0["lm_text"]
         lines += ["| lm text (seed 0) | " + " | ".join(f"{k} {v:.2f}" for k, v in t.items()) + " |", ""]
     return lines
+
+
+def probe_section(results: dict[str, dict]) -> list[str]:
+    stage0 = next(iter(results.values())).get("stage0_probes") or {}
+    variants = {
+        f"{res['comparison']}/{r['variant']}": r["probe"]
+        for res in results.values()
+        for r in res["runs"]
+        if r.get("probe")
+    }
+    return ["## Where the information goes: linear probes", "", PROBE_INTRO, "", *probe_lines(stage0, variants)]
 
 
 def partial(work: Path, title: str) -> list[str]:
@@ -282,25 +291,14 @@ def report(
 
 
 def partial_probes(work: Path) -> list[str]:
-    from ablations.probe import probe_table
-
-    probes = {}
     f = work / "stage0" / "seed0" / "probe.json"
-    lm_text = None
-    if f.exists():
-        p = json.loads(f.read_text())
-        probes["stage 0 (seed 0)"] = p["vision"]
-        lm_text = p["lm_text"]
+    stage0 = json.loads(f.read_text()) if f.exists() else {}
+    variants = {}
     for f in sorted(work.glob("*/*/seed0/result.json")):
         r = json.loads(f.read_text())
         if r.get("probe"):
-            probes[f"{f.parts[-4]}/{r['variant']}"] = r["probe"]
-    lines = ["### Probes of the finished jobs", ""]
-    if probes:
-        lines.append(probe_table(probes))
-    if lm_text:
-        lines += ["| lm text (seed 0) | " + " | ".join(f"{k} {v:.2f}" for k, v in lm_text.items()) + " |", ""]
-    return lines
+            variants[f"{f.parts[-4]}/{r['variant']}"] = r["probe"]
+    return ["### Probes of the finished jobs", "", *probe_lines(stage0, variants)]
 
 
 def main() -> None:

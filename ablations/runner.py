@@ -156,6 +156,13 @@ class Runner:
             shutil.rmtree(folder, ignore_errors=True)
             train(self.config(stage, seed, {}, steps), folder, progress=False)
             (folder / "fingerprint").write_text(key)
+        vision = root / "vision"
+        done = vision / "retrieval.json"  # the untouched encoder's: the same for every variant of the seed
+        if not (done.exists() and json.loads(done.read_text()).get("fingerprint") == key):
+            import lab
+
+            acc = retrieval(lab.load_pretrained(vision), vision, vision)
+            done.write_text(json.dumps({"retrieval_acc": acc, "fingerprint": key}))
         return root
 
     def run_variant(self, comparison: str, v: Variant, seed: int) -> dict:
@@ -188,7 +195,9 @@ class Runner:
         model = lab.load_pretrained(final).to(self.args.device)
         metrics = evaluate(model, final, v.eval_overrides, self.budget.per_family, seed)
         metrics["retrieval_acc"] = retrieval(model, stage0 / "vision", final)
-        metrics["retrieval_acc_stage0"] = retrieval(lab.load_pretrained(stage0 / "vision"), stage0 / "vision", final)
+        metrics["retrieval_acc_stage0"] = json.loads((stage0 / "vision" / "retrieval.json").read_text())[
+            "retrieval_acc"
+        ]
         metrics["trainable_parameters"] = float(summary["trainable_parameters"])
         metrics["llm_tokens_per_image"] = float(model.cfg.image_tokens)
         metrics["train_samples_per_s"] = float(summary["samples_per_s"])
@@ -349,7 +358,6 @@ def evaluate(model, final: Path, eval_overrides: dict, per_family: int, seed: in
 
     tok = load_tokenizer(final)
     data = json.loads((final / "train_config.json").read_text())["data"]
-    data = json.loads(json.dumps(data))
     data["pool"] = 0  # a small tuning pool is still tested on the whole distribution
     for k, v in eval_overrides.items():
         set_override(data, k, v)
@@ -428,17 +436,13 @@ def mean_std(xs: list[float]) -> dict:
     return {"mean": m, "std": sd, "n": len(xs)}
 
 
-def paired(runs: list[dict], a: str, b: str, metric: str, expected: int, label: str, reason_if_not: str) -> dict:
-    """Compare variant a against b on `metric`, paired by seed (same data, same stage 0).
+def verdict_row(diffs: list[float], expected: int, label: str, metric: str, a: str, b: str, reason: str) -> dict:
+    """The verdict on per-seed differences a − b (see `paired`), as a report row.
 
     expected=+1: the paper says a > b; -1: a < b; 0: no difference expected (a control).
-    Reproduced when the mean paired difference has the expected sign and exceeds twice its
-    standard error (and 0.02); contradicted when it is that clear the other way; a control
-    holds when the difference stays within that band."""
-    by_seed: dict[int, dict[str, float]] = {}
-    for r in runs:
-        by_seed.setdefault(r["seed"], {})[r["variant"]] = r["metrics"][metric]
-    diffs = [s[a] - s[b] for s in by_seed.values() if a in s and b in s]
+    Reproduced when the mean difference has the expected sign and exceeds twice its standard
+    error (and 0.02); contradicted when it is that clear the other way; a control holds when the
+    difference stays within that band."""
     d = mean_std(diffs)
     se = d["std"] / math.sqrt(max(1, d["n"]))
     clear = abs(d["mean"]) > max(2 * se, 0.02)
@@ -457,5 +461,19 @@ def paired(runs: list[dict], a: str, b: str, metric: str, expected: int, label: 
         "diff_se": se,
         "seeds": d["n"],
         "verdict": verdict,
-        "note": "" if verdict == "reproduced" else reason_if_not,
+        "note": "" if verdict == "reproduced" else reason,
     }
+
+
+def by_seed(runs: list[dict], metric: str) -> dict[int, dict[str, float]]:
+    """{seed: {variant: metric}}: the pairing every verdict uses (same seed, same data, same stage 0)."""
+    out: dict[int, dict[str, float]] = {}
+    for r in runs:
+        out.setdefault(r["seed"], {})[r["variant"]] = r["metrics"][metric]
+    return out
+
+
+def paired(runs: list[dict], a: str, b: str, metric: str, expected: int, label: str, reason_if_not: str) -> dict:
+    """Compare variant a against b on `metric`, paired by seed (rule: `verdict_row`)."""
+    diffs = [s[a] - s[b] for s in by_seed(runs, metric).values() if a in s and b in s]
+    return verdict_row(diffs, expected, label, metric, a, b, reason_if_not)
