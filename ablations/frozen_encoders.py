@@ -1,8 +1,8 @@
 """Frozen vs tuned encoders, from the stage-0 components.
 
 - ViT (Prismatic): pretrained on the whole scene distribution in stage 0, instruction-tuned on a
-  small set (`data.pool` distinct images), tested on the whole distribution. MLP connector, frozen
-  LLM, so the only difference is whether the ViT moves.
+  small set (`data.pool` distinct images), tested on the whole distribution. MLP connector and a
+  tuned LLM, Prismatic's recipe, so the only difference is whether the ViT moves.
 - LLM (LLaVA vs InstructBLIP): the default instruction-aware Q-Former model, LLM frozen or tuned.
 
 Also measures forgetting: image-text retrieval of the vision encoder with the stage-0 contrastive
@@ -25,7 +25,7 @@ SMALL_SET = 300  # distinct tuning images: Prismatic's effect needs broad pretra
 
 
 def variants(quick: bool) -> list[Variant]:
-    vit = {"model.connector": "mlp", "model.freeze_llm": True, "data.pool": SMALL_SET}
+    vit = {"model.connector": "mlp", "model.freeze_llm": False, "data.pool": SMALL_SET}
     return [
         Variant("llm_frozen", [Step("instruct", {"model.freeze_vision": True, "model.freeze_llm": True})], probe=True),
         Variant("llm_tuned", [Step("instruct", {"model.freeze_vision": True, "model.freeze_llm": False})], probe=True),

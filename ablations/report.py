@@ -13,36 +13,7 @@ from ablations.runner import mean_std
 METRICS = ("held_in_acc", "held_out_acc")
 QA_FAMILIES = ("color", "size", "count", "exists", "position")
 TARGETS = {"quick": (0.75, 0.60), "full": (0.90, 0.70)}  # best variant, every main variant (held-in)
-HISTORY = """\
-## History: the regime before this one
-
-(The numbers in this section come from the regime search on the validation split, run as one-off
-scripts through `lab.train.train` and `lab.eval`; they are not regenerated with the report.)
-
-The first regime (32 px images, patch 4, 2-layer ViT and LLM, scene described *before* the
-question, LM stage at lr 3e-3 with the loss on every text token, 160 instruction steps) gave, in
-quick mode with 3 seeds, held-in accuracy 0.33–0.58 against a chance level of about 0.32:
-none of 16 variants reached twice chance and 6 of 10 claims were inconclusive.
-`benchmarks/train_target.py` peaked at 0.61 held-in.
-
-What the probes showed (`python -m ablations.probe`): the ViT features kept every attribute
-(colour per cell 0.99 by a linear probe), but the LM, given the *true caption as text*, answered
-only 0.75 of held-in questions: "what color is the circle ?" with a red circle and a green
-square gave green 0.56 / red 0.41, and the same with the colours swapped. The LM had learned
-which colours are in a scene, not which object has which; every frozen-LLM variant inherited
-that ceiling (e.g. 0.71 held-in). transformers' own Llama with the same size and data failed
-the same way (0.50–0.54 on colour questions), so this was the regime, not a lab bug. Putting
-the question before the scene made the same LM bind within 500 steps (loss 0.00 on colour
-questions), and a loss on answer tokens only (instead of every caption token) and lr 1e-3
-raised its held-in text accuracy from 0.75 to 0.83 at 1,500 steps (0.945 at 4,000 steps, with colour, size,
-count and position at 1.00, exists at 0.73, and the held-out families still at chance).
-
-Also tried in the new regime and not adopted: torch's N(0, 1) embedding init replaced by transformers'
-N(0, 0.02) (the LM's colour accuracy fell from 0.78 to 0.21 at the same lr), a 6-layer or a 128-wide LM, lr 1e-2,
-and batch 128 (no change from the plateau before the question moved first). A caption-alignment stage (LLaVA's
-stage 1, 600 steps) before 600 instruction steps did not help a linear connector into a frozen LLM (0.554 val
-held-in, against 0.584 for 1,200 instruction steps), but it did help a Q-Former with 8 plain queries (0.683).
-"""
+HISTORY = Path(__file__).with_name("HISTORY.md")  # the regime search, by hand: not regenerated
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -184,6 +155,14 @@ PROBE_INTRO = (
 )
 
 
+CELL_INTRO = (
+    "Nonlinear probe (`ablations.probe.cell_probe`, stage 0, seed 0): a one-hidden-layer MLP reads "
+    "the object in one grid cell from that cell's pixels or patch tokens; accuracy over cells holding "
+    "an object (chance: 0.25 shape, 0.17 colour). `vit_random_init` is an untrained ViT of the same "
+    "shape: what the architecture keeps before any training."
+)
+
+
 def probe_lines(stage0: dict, variants: dict[str, dict]) -> list[str]:
     """Stage 0's probes, then each probed variant's (its pixel row only where its scenes differ
     from stage 0's: the same images probe the same), then the LM's text accuracy."""
@@ -198,6 +177,10 @@ def probe_lines(stage0: dict, variants: dict[str, dict]) -> list[str]:
     if stage0.get("lm_text"):
         t = stage0["lm_text"]
         lines += ["| lm text (seed 0) | " + " | ".join(f"{k} {v:.2f}" for k, v in t.items()) + " |", ""]
+    if stage0.get("cells"):
+        lines += [CELL_INTRO, "", "| features | shape | colour |", "|---|---|---|"]
+        lines += [f"| {site} | {a['shape']:.3f} | {a['color']:.3f} |" for site, a in stage0["cells"].items()]
+        lines.append("")
     return lines
 
 
@@ -284,7 +267,7 @@ def report(
     for n in results:
         parts += [(out / n / "table.md").read_text(), f"![{n}]({links}{n}/plot.png)", ""]
     if history:
-        parts.append(HISTORY)
+        parts.append(HISTORY.read_text())
     text = "\n".join(parts)
     (path or out / "REPORT.md").write_text(text)
     return text
@@ -314,7 +297,7 @@ def main() -> None:
     if args.intro:
         lines[1:1] = ["", args.intro]
     if args.out:
-        Path(args.out).write_text("\n".join(["# Ablation report", "", *lines, HISTORY]))
+        Path(args.out).write_text("\n".join(["# Ablation report", "", *lines, HISTORY.read_text()]))
     else:
         print("\n".join(lines))
 

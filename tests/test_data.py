@@ -186,3 +186,18 @@ def test_held_in_and_held_out_are_disjoint():
     from lab.data import HELD_OUT
 
     assert not set(HELD_IN) & set(HELD_OUT)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10**6))
+def test_hard_negative_binds_the_same_words_wrongly(seed):
+    from lab.data.tasks import hard_negative
+
+    rng = np.random.default_rng(seed)
+    scene = sample_scene(rng, SceneConfig(min_objects=1, max_objects=4))
+    neg, true = hard_negative(scene, rng), caption(scene)
+    assert neg != true
+    if len(scene.objects) > 1:  # a swap: the same words, bound to other objects
+        assert sorted(neg.split()) == sorted(true.split())
+    else:  # a lone object changes shape, nothing else
+        assert [a == b for a, b in zip(neg.split(), true.split(), strict=True)].count(False) == 1

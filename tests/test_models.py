@@ -170,3 +170,31 @@ def test_right_padding_refused_in_generate():
     mask[0, -1] = 0
     with pytest.raises(ValueError, match="left-padded"):
         model.generate(px, ids, mask)
+
+
+def test_contrastive_hard_negatives_only_add_candidates():
+    from lab.models.clip import ClipConfig, ContrastiveHeads
+
+    torch.manual_seed(0)
+    heads = ContrastiveHeads(ClipConfig(), 16, 32)
+    sim = torch.randn(4, 4).clamp(-1, 1)
+    plain = heads.loss(sim)
+    far = heads.loss(sim, torch.full((4, 2), -1.0))  # negatives far from every image: little extra mass
+    near = heads.loss(sim, sim.diagonal()[:, None].expand(4, 2))  # as close as the true captions
+    assert plain <= far < near
+
+
+@pytest.mark.parametrize("token_wise", [False, True])
+def test_contrastive_similarity_is_a_bounded_image_by_caption_matrix(token_wise):
+    from lab.models.clip import ClipConfig, ContrastiveHeads
+
+    torch.manual_seed(0)
+    heads = ContrastiveHeads(ClipConfig(token_wise=token_wise), 16, 32)
+    ids, mask = torch.randint(0, 32, (5, 7)), torch.ones(5, 7, dtype=torch.long)
+    mask[0, 3:] = 0
+    image = torch.randn(3, 10, 16)
+    sim = heads.similarity(image, ids, mask)
+    assert sim.shape == (3, 5) and sim.abs().max() <= 1 + 1e-5
+    ids2 = ids.clone()  # a padded token of caption 0 changes: its similarities do not
+    ids2[0, 5] = (ids[0, 5] + 1) % 32
+    assert torch.allclose(heads.similarity(image, ids2, mask), sim, atol=1e-6)

@@ -25,6 +25,9 @@ class ClipConfig(Config):
     text_heads: int = 4
     max_length: int = 128
     init_temperature: float = 0.07
+    # Hard-negative captions per image (NegCLIP): the same words bound wrongly. 0 = plain CLIP.
+    hard_negatives: int = 0
+    token_wise: bool = False  # FILIP's word-to-patch similarity instead of pooled embeddings
 
 
 class ContrastiveHeads(nn.Module):
@@ -45,23 +48,48 @@ class ContrastiveHeads(nn.Module):
         """Vision tokens `b n dv` -> unit vectors `b e` (mean over tokens)."""
         return F.normalize(self.image_proj(features.mean(1)), dim=-1)
 
-    def text_embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Token ids `b t` (keep-mask `b t`) -> unit vectors `b e` (mean over real tokens)."""
+    def text_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token ids `b t` (keep-mask `b t`) -> contextual text states `b t d`."""
         if ids.shape[1] > self.cfg.max_length:
             raise ValueError(f"caption of {ids.shape[1]} tokens exceeds clip max_length {self.cfg.max_length}")
         x = self.word_embed(ids) + self.pos_embed[: ids.shape[1]]
-        x = self.text_norm(self.text(x, src_key_padding_mask=~mask.bool()))
-        m = mask[..., None].to(x.dtype)
+        return self.text_norm(self.text(x, src_key_padding_mask=~mask.bool()))
+
+    def text_embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token ids `b t` (keep-mask `b t`) -> unit vectors `b e` (mean over real tokens)."""
+        x, m = self.text_tokens(ids, mask), mask[..., None].to(torch.float32)
         return F.normalize(self.text_proj((x * m).sum(1) / m.sum(1)), dim=-1)
 
-    def loss(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Symmetric InfoNCE over the batch: the i-th caption belongs to the i-th image."""
-        logits = image @ text.T * self.logit_scale.exp().clamp(max=100)
-        target = torch.arange(len(image), device=image.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    def similarity(self, features: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Image `i` × caption `j` similarity, `i j`, in [-1, 1].
+
+        Global (CLIP): cosine of the mean-pooled embeddings. Token-wise (FILIP, Yao et al. 2022):
+        each caption token's best-matching patch, averaged over the caption's tokens,
+
+            s_ij = (1 / |t_j|) · Σ_t max_n <img_i,n , txt_j,t>
+
+        so every word, "circle" included, must find its own patch: a mean-pooled embedding can
+        match in-batch captions by colours and cells alone and leave shape out of the patches."""
+        if not self.cfg.token_wise:
+            return self.image_embed(features) @ self.text_embed(ids, mask).T
+        img = F.normalize(self.image_proj(features), dim=-1)
+        txt = F.normalize(self.text_proj(self.text_tokens(ids, mask)), dim=-1)
+        best = torch.einsum("ine,jte->ijtn", img, txt).amax(-1)
+        m = mask.to(best.dtype)
+        return (best * m).sum(-1) / m.sum(-1)
+
+    def loss(self, sim: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
+        """Symmetric InfoNCE over a square similarity matrix: caption i belongs to image i.
+        `negatives` (`b m`, images × hard-negative captions) join every image's candidates, not
+        the caption-to-image side: they describe no image of the batch."""
+        scale = self.logit_scale.exp().clamp(max=100)
+        logits = sim * scale
+        target = torch.arange(len(sim), device=sim.device)
+        to_text = logits if negatives is None else torch.cat([logits, negatives * scale], dim=1)
+        return (F.cross_entropy(to_text, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 @torch.no_grad()
-def retrieval_accuracy(image: torch.Tensor, text: torch.Tensor) -> float:
-    """Top-1 image->text retrieval within the batch (chance = 1 / batch)."""
-    return (image @ text.T).argmax(1).eq(torch.arange(len(image), device=image.device)).float().mean().item()
+def retrieval_accuracy(sim: torch.Tensor) -> float:
+    """Top-1 image->text retrieval within the batch from its `i j` similarity (chance = 1 / batch)."""
+    return sim.argmax(1).eq(torch.arange(len(sim), device=sim.device)).float().mean().item()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +18,7 @@ from torch import nn
 from lab.config import ConfigError
 from lab.data import Collator, LlavaJSON, SceneTasks, Shuffled, pixels
 from lab.data.collate import pad_right
+from lab.data.tasks import hard_negative
 from lab.models import VisionLanguageModel
 from lab.models.blip2_stage1 import Stage1Heads
 from lab.models.clip import ContrastiveHeads
@@ -110,15 +112,30 @@ class VisionStage(Stage):
         self.aux = ContrastiveHeads(cfg.clip, cfg.model.vision.hidden_size, len(tokenizer))
 
     def collate(self, samples) -> dict:
-        return caption_batch(samples, self.tok)
+        batch = caption_batch(samples, self.tok)
+        k = self.cfg.clip.hard_negatives
+        if k:
+            if any(s.scene is None for s in samples):
+                raise ConfigError("clip.hard_negatives needs generated scenes (their objects make the negatives)")
+            negs = []
+            for s in samples:  # seeded by the scene, so a resumed run sees the same negatives
+                rng = np.random.default_rng([s.scene.seed, 7])
+                negs += [hard_negative(s.scene, rng) for _ in range(k)]
+            tok = self.tok
+            ids, mask = pad_right([[tok.bos_id] + tok.encode(t) + [tok.eos_id] for t in negs], tok.pad_id)
+            batch |= {"negative_ids": ids, "negative_mask": mask}
+        return batch
 
     def count(self, batch: dict) -> int:
         return len(batch["input_ids"])
 
     def forward(self, batch: dict) -> torch.Tensor:
-        image = self.aux.image_embed(self.vlm.vision(batch["pixel_values"]))
-        text = self.aux.text_embed(batch["input_ids"], batch["attention_mask"])
-        return self.aux.loss(image, text) * len(image)
+        image = self.vlm.vision(batch["pixel_values"])
+        sim = self.aux.similarity(image, batch["input_ids"], batch["attention_mask"])
+        neg = None
+        if "negative_ids" in batch:
+            neg = self.aux.similarity(image, batch["negative_ids"], batch["negative_mask"])
+        return self.aux.loss(sim, neg) * len(image)
 
 
 class LMStage(Stage):
