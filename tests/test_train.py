@@ -4,6 +4,7 @@ NaN detection, config errors, --init, LLaVA data, and torchrun with 2 processes.
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch
 
 import lab
 from lab.config import ConfigError
-from lab.train import RunError, build_config, train
+from lab.train import RunError, build_config, checkpoint, train, trainer
 from tests.test_data import make_llava_folder
 
 SMALL = {"batch_size": 8, "save_every": 2, "optim.warmup_steps": 2}
@@ -162,14 +163,98 @@ def test_bad_runs_are_refused(tmp_path):
         train(cfg("lm", 2), tmp_path / "a", progress=False)
     with pytest.raises(RunError, match="optim.lr"):
         train(cfg("lm", 2, **{"optim.lr": 0.5}), tmp_path / "a", resume=True, progress=False)
-    with pytest.raises(RunError, match="no checkpoint"):
-        train(cfg("lm", 2), tmp_path / "b", resume=True, progress=False)
     with pytest.raises(ConfigError, match="unknown config key"):
         build_config("lm", overrides={"optim.learning_rate": 1.0})
     r = cli("--stage", "lm", "--out", str(tmp_path / "c"), "model.llm.layers=3")
     assert r.returncode == 2 and "unknown config key" in r.stderr and "num_layers" in r.stderr
     with pytest.raises(ConfigError, match="empty"):
         build_config("instruct", overrides={"data.families": []})
+
+
+class _Payload:
+    """Unpickling this writes a file: the stand-in for a run folder that runs code on resume."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_resume_never_unpickles(tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    train(cfg("lm", 2), run, progress=False)
+    step = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    assert {"trainer.json", "trainer.safetensors"} <= {p.name for p in step.iterdir()}
+    assert "trainer.pt" not in {p.name for p in step.iterdir()}
+    for name in ("trainer.json", "trainer.safetensors"):
+        (step / name).unlink()
+    torch.save({"step": _Payload(marker)}, step / "trainer.pt")
+    manifest = json.loads((step / "manifest.json").read_text())  # a forger writes a matching manifest
+    manifest = {k: v for k, v in manifest.items() if not k.startswith("trainer.")}
+    manifest["trainer.pt"] = checkpoint._digest(step / "trainer.pt")
+    (step / "manifest.json").write_text(json.dumps(manifest))
+    r = cli(
+        "--stage",
+        "lm",
+        "--quick",
+        "--max-steps",
+        "2",
+        "--save-every",
+        "2",
+        "batch_size=8",
+        "optim.warmup_steps=2",
+        "--out",
+        str(run),
+        "--resume",
+    )
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "pickle" in r.stderr.strip().splitlines()[-1]
+    assert not marker.exists()
+
+
+def test_damaged_checkpoints_are_skipped_and_latest_stays_inside(tmp_path, caplog):
+    run = tmp_path / "run"
+    train(cfg("lm", 4), run, progress=False)  # steps 2 and 4 kept
+    ck = run / "checkpoints"
+    newest = ck / "step-000004"
+    data = bytearray((newest / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte
+    (newest / "model.safetensors").write_bytes(bytes(data))
+    (ck / "latest").write_text("../../elsewhere")
+    with caplog.at_level("WARNING", logger="lab"):
+        assert checkpoint.latest_checkpoint(run) == ck / "step-000002"
+    assert "step-000004 is damaged" in caplog.text and "not a step folder of this run" in caplog.text
+    train(cfg("lm", 4), run, resume=True, progress=False)  # continues from step 2
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    for step in ck.glob("step-*"):
+        (step / "manifest.json").unlink()
+    with pytest.raises(RunError, match="no intact checkpoint"):
+        train(cfg("lm", 4), run, resume=True, progress=False)
+
+
+def test_resume_starts_runs_that_have_no_checkpoint_yet(tmp_path):
+    train(cfg("lm", 2), tmp_path / "new", resume=True, progress=False)  # no folder: a fresh run
+    assert checkpoint.latest_checkpoint(tmp_path / "new") is not None
+    run = tmp_path / "early"
+    train(cfg("lm", 2), run, progress=False)
+    shutil.rmtree(run / "checkpoints")  # as if killed before its first save
+    with pytest.raises(RunError, match="already holds a run"):
+        train(cfg("lm", 2), run, progress=False)
+    train(cfg("lm", 2), run, resume=True, progress=False)
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+
+
+def test_one_writer_per_run_folder(tmp_path):
+    held = trainer._lock(tmp_path / "run")  # another open file description holds the lock
+    try:
+        with pytest.raises(RunError, match="another process is writing"):
+            train(cfg("lm", 2), tmp_path / "run", progress=False)
+    finally:
+        held.close()
+    train(cfg("lm", 2), tmp_path / "run", progress=False)  # released: the run goes ahead
 
 
 def test_llava_data_trains_and_evaluates(tmp_path):

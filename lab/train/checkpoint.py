@@ -1,18 +1,27 @@
 """Checkpoints: safetensors weights + trainer state, written atomically, found again on resume.
 
 Layout under the run folder:
-    checkpoints/step-000040/{model.safetensors, trainer.pt}   (last two kept)
-    checkpoints/latest                                        (name of the newest complete one)
+    checkpoints/step-000040/{model.safetensors, trainer.safetensors, trainer.json, manifest.json}
+    checkpoints/latest            (name of the newest complete one; last two steps kept)
 A checkpoint folder is renamed into place only once complete and `latest` is replaced
 atomically, so a run killed mid-save (even by SIGKILL) still finds its previous checkpoint.
+Each step's manifest (sizes and SHA-256 of its files) is written last; resuming takes the newest
+step whose files match it and names every damaged step it skips. `latest` is a hint that may
+only name a step folder of its own run.
+
+Nothing in a run folder is unpickled: a run folder may come from someone else, and unpickling
+runs code. The trainer state (step, data position, optimizer, scheduler, RNG states) is split
+into its tensors (safetensors) and a JSON skeleton that says where each tensor goes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -23,6 +32,8 @@ from torch import nn
 
 log = logging.getLogger("lab")
 KEEP = 2
+MANIFEST = "manifest.json"
+STEP_NAME = re.compile(r"step-\d{6}")
 
 
 def rng_state() -> dict:
@@ -45,6 +56,81 @@ def state_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
+def _encode(obj, path: str, tensors: dict[str, torch.Tensor]):
+    """JSON skeleton of `obj`; its tensors and arrays go to `tensors` under their path."""
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().contiguous().cpu()
+        return {"__tensor__": path}
+    if isinstance(obj, np.ndarray):  # numpy's RNG key is uint32, which torch stores as int64
+        tensors[path] = torch.from_numpy(obj.astype(np.int64) if obj.dtype == np.uint32 else obj.copy())
+        return {"__ndarray__": path, "dtype": str(obj.dtype)}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, _encode(v, f"{path}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple | list):
+        items = [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if isinstance(obj, bool | int | float | str) or obj is None:
+        return obj
+    raise TypeError(f"trainer state at {path or '/'} holds a {type(obj).__name__}, which is not saved")
+
+
+def _decode(obj, tensors: dict[str, torch.Tensor]):
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if "__ndarray__" in obj:
+        return tensors[obj["__ndarray__"]].numpy().astype(obj["dtype"])
+    if "__tuple__" in obj:
+        return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+    return {k: _decode(v, tensors) for k, v in obj["__dict__"]}
+
+
+def save_trainer_state(folder: Path, state: dict) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _encode(state, "", tensors)
+    save_file(tensors, folder / "trainer.safetensors")
+    (folder / "trainer.json").write_text(json.dumps(skeleton))
+
+
+def load_trainer_state(folder: Path) -> dict:
+    """The trainer state saved by `save_trainer_state`. A `trainer.pt` (a pickle, from an older
+    lab or from anyone) is never opened."""
+    if not (folder / "trainer.json").exists():
+        old = " (its trainer.pt is a pickle, which lab does not open)" if (folder / "trainer.pt").exists() else ""
+        raise ValueError(f"checkpoint {folder} has no trainer.json{old}; restart the run instead of resuming it")
+    try:
+        skeleton = json.loads((folder / "trainer.json").read_text())
+        return _decode(skeleton, load_file(folder / "trainer.safetensors"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"checkpoint {folder}: the trainer state is damaged ({e})") from None
+
+
+def _digest(path: Path) -> dict:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def damage(folder: Path) -> str | None:
+    """Why a step folder cannot be resumed from, or None when its files match its manifest."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return "no readable manifest"
+    for name, want in manifest.items():
+        f = folder / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != want["size"] or _digest(f) != want:
+            return f"{name} does not match its manifest"
+    return None
+
+
 def save_checkpoint(root: Path, step: int, module: nn.Module, trainer_state: dict) -> Path:
     folder = root / "checkpoints"
     final = folder / f"step-{step:06d}"
@@ -52,7 +138,9 @@ def save_checkpoint(root: Path, step: int, module: nn.Module, trainer_state: dic
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(state_tensors(module), tmp / "model.safetensors")
-    torch.save(trainer_state, tmp / "trainer.pt")
+    save_trainer_state(tmp, trainer_state)
+    files = sorted(p.name for p in tmp.iterdir())
+    (tmp / MANIFEST).write_text(json.dumps({name: _digest(tmp / name) for name in files}, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     pointer = folder / ".latest.tmp"
@@ -64,11 +152,20 @@ def save_checkpoint(root: Path, step: int, module: nn.Module, trainer_state: dic
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    pointer = root / "checkpoints" / "latest"
-    if not pointer.exists():
-        return None
-    path = root / "checkpoints" / pointer.read_text().strip()
-    return path if path.exists() else None
+    """The newest intact step folder of the run at `root`; damaged ones are skipped with a warning."""
+    folder = root / "checkpoints"
+    pointer = folder / "latest"
+    if pointer.exists():
+        name = pointer.read_text().strip()
+        if not STEP_NAME.fullmatch(name):
+            log.warning("%s names %r, not a step folder of this run: ignored", pointer, name)
+    steps = sorted((p for p in folder.glob("step-*") if STEP_NAME.fullmatch(p.name) and p.is_dir()), reverse=True)
+    for step in steps:
+        why = damage(step)
+        if why is None:
+            return step
+        log.warning("checkpoint %s is damaged (%s): trying an older one", step, why)
+    return None
 
 
 def load_checkpoint(path: Path, module: nn.Module) -> dict:
@@ -78,7 +175,7 @@ def load_checkpoint(path: Path, module: nn.Module) -> dict:
         raise RuntimeError(
             f"checkpoint {path} does not fit this model: missing {missing[:10]}, unexpected {unexpected[:10]}"
         )
-    return torch.load(path / "trainer.pt", weights_only=False)
+    return load_trainer_state(path)
 
 
 def config_difference(saved: dict, current: dict, prefix: str = "") -> list[str]:

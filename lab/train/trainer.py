@@ -135,6 +135,21 @@ def load_init(stage: Stage, folders: list[Path]) -> list[str]:
     return sorted(got)
 
 
+def _lock(out: Path):
+    """An OS lock on `out/.lock`, held while this process lives: a second writer gets an error,
+    and a lock left by a killed process is gone with it."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / ".lock", "a+")  # noqa: SIM115 - held open for the whole run
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise RunError(f"another process is writing {out}; wait for it to finish or choose another --out") from None
+    return f
+
+
 def train(
     cfg: TrainConfig,
     out: str | Path,
@@ -146,8 +161,17 @@ def train(
     """Run one stage into `out`; returns the run summary (also written to `out/run.json`).
 
     `stop_at` pauses the run after that step (checkpoint and export written, LR schedule still
-    that of `max_steps`); `resume=True` continues it, e.g. to evaluate along the way."""
-    out, init = Path(out), [Path(p) for p in init]
+    that of `max_steps`); `resume=True` continues it, e.g. to evaluate along the way. `--resume`
+    on a folder with no run yet starts one, as torchrun restarts expect."""
+    lock = _lock(Path(out)) if os.environ.get("RANK", "0") == "0" else None
+    try:
+        return _train(cfg, Path(out), [Path(p) for p in init], resume, progress, stop_at)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress: bool, stop_at: int | None) -> dict:
     rank, world, device = setup_distributed()
     main = rank == 0
     local = cfg.batch_size // world
@@ -176,26 +200,34 @@ def train(
     components = sorted(set(inherited) | set(stage.trained_components()))
 
     step, position = 0, 0
-    if resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise RunError(f"--resume: no checkpoint under {out}/checkpoints")
+    fresh = not resume
+    if resume and not cfg_path.exists():
+        log.info("--resume: %s holds no run yet; starting it", out)
+        fresh = True
+    elif resume:
         diff = config_difference(json.loads(cfg_path.read_text()), _resumable(cfg))
         if diff:
             raise RunError(f"--resume: {out} was trained with another config; differences: {diff}")
-        state = load_checkpoint(ckpt, stage)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        step, position = state["step"], state["position"]
-        components = state["components"]
-        if main:
-            truncate_metrics(metrics_path, step)
-            log.info("resumed %s at step %d", ckpt, step)
-    elif main:
-        if latest_checkpoint(out) is not None or metrics_path.exists():
+        ckpt = latest_checkpoint(out)
+        if ckpt is None and any((out / "checkpoints").glob("step-*")):
+            raise RunError(f"--resume: no intact checkpoint under {out}/checkpoints (see the warnings above)")
+        if ckpt is None:
+            log.info("--resume: %s stopped before its first checkpoint; starting over with its saved config", out)
+            fresh = True
+        else:
+            state = load_checkpoint(ckpt, stage)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            step, position = state["step"], state["position"]
+            components = state["components"]
+            if main:
+                truncate_metrics(metrics_path, step)
+                log.info("resumed %s at step %d", ckpt, step)
+    if fresh and main:
+        if not resume and (cfg_path.exists() or metrics_path.exists() or (out / "checkpoints").exists()):
             raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        out.mkdir(parents=True, exist_ok=True)
+        truncate_metrics(metrics_path, 0)
         cfg_path.write_text(json.dumps(_resumable(cfg), indent=2))
         decided = {"inherited": sorted(inherited), "parts": [dataclasses.asdict(d) for d in decisions]}
         decided_path.write_text(json.dumps(decided, indent=2))
