@@ -115,5 +115,6 @@ def mlp_projector(x, w1, b1, w2, b2) -> torch.Tensor:
     if backend(x) == "reference":
         return reference.mlp_projector(x, w1, b1, w2, b2)
     lead = x.shape[:-1]
-    y = _MLP.apply(x.reshape(-1, din).contiguous(), w1, b1, w2, b2)
+    # the kernel reads a bias as a dense vector; a strided view (e.g. every other element) is copied
+    y = _MLP.apply(x.reshape(-1, din).contiguous(), w1, b1.contiguous(), w2, b2.contiguous())
     return y.reshape(*lead, w2.shape[0])

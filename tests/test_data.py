@@ -157,6 +157,14 @@ def make_llava_folder(root, n=4, bad=None):
         records[2]["conversations"][0]["value"] = "What color is the image?"
     if bad == "empty":
         records = []
+    if bad == "text_only":
+        del records[1]["image"]
+        records[1]["conversations"][0]["value"] = "What color is red?"
+    if bad == "broken_image":
+        (root / "images" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    if bad == "not_alternating":
+        records[0]["conversations"].insert(1, {"from": "human", "value": "and?"})
+        records[2]["conversations"][1]["from"] = "bot"
     (root / "data.json").write_text(json.dumps(records))
     return root / "data.json", root / "images"
 
@@ -174,12 +182,34 @@ def test_llava_loader_and_multi_turn_labels(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "bad,match", [("missing", "nope.png"), ("no_image_token", "record 2"), ("empty", "no records")]
+    "bad,match",
+    [
+        ("missing", "nope.png"),
+        ("no_image_token", "record 2"),
+        ("empty", "no records"),
+        ("broken_image", "record 3: image .*3.png does not open"),
+        ("text_only", "record 1: no 'image', among records with images"),
+        ("not_alternating", "2 of 4 records are unusable.*record 0: turns must alternate.*record 2"),
+    ],
 )
 def test_llava_loader_errors(tmp_path, bad, match):
     path, images = make_llava_folder(tmp_path, bad=bad)
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         LlavaJSON(path, images, image_size=32)
+
+
+def test_llava_system_turn_is_context_not_a_target(tmp_path):
+    path, images = make_llava_folder(tmp_path, n=1)
+    records = json.loads(path.read_text())
+    records[0]["conversations"].insert(0, {"from": "system", "value": "answer in one word"})
+    path.write_text(json.dumps(records))
+    s = LlavaJSON(path, images, image_size=32)[0]
+    words = [t for c in records[0]["conversations"] for t in [c["value"]]]
+    tok = WordTokenizer.fit(words)
+    b = Collator(tok, 3)([s])
+    trained = b["labels"][0][b["labels"][0] != IGNORE].tolist()
+    assert trained == tok.encode("red") + [tok.eos_id] + tok.encode("no") + [tok.eos_id]
+    assert tok.encode("answer in one word") == b["input_ids"][0, 1:5].tolist()
 
 
 def test_held_in_and_held_out_are_disjoint():

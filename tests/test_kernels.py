@@ -93,6 +93,30 @@ def test_mlp_projector_matches_float64(lead, din, dh, dout):
     _compare(out, R.mlp_projector(*theirs), ours, theirs)
 
 
+def _strided(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values in another memory layout: every other element, or a transposed copy."""
+    if layout == "every_other":
+        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+        wide[..., ::2] = t
+        return wide[..., ::2]
+    return t.t().contiguous().t() if t.ndim == 2 else t
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    which=st.sampled_from(["x", "w1", "b1", "w2", "b2"]),
+    layout=st.sampled_from(["every_other", "transposed"]),
+)
+def test_mlp_projector_accepts_any_stride(which, layout):
+    torch.manual_seed(0)
+    args = {"x": torch.randn(6, 8), "w1": torch.randn(16, 8), "b1": torch.randn(16), "w2": torch.randn(4, 16)}
+    args["b2"] = torch.randn(4)
+    want = R.mlp_projector(*args.values())
+    args[which] = _strided(args[which], layout)
+    assert not args[which].is_contiguous() or layout == "transposed" and args[which].ndim == 1
+    torch.testing.assert_close(kernels.mlp_projector(*args.values()), want, atol=1e-4, rtol=1e-4)
+
+
 def test_triton_kernels_actually_ran(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("reference path used")

@@ -31,6 +31,34 @@ def test_wrong_image_size_is_named():
         model(torch.randn(2, 3, 24, 24), ids)
 
 
+def test_raw_or_non_finite_pixels_are_named():
+    model = tiny()
+    px, ids = batch(model)
+    with pytest.raises(ValueError, match="must be floating point.*uint8.*normalising"):
+        model((px * 50 + 128).clamp(0, 255).to(torch.uint8), ids)
+    px[1, 0, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or infinite.*\[1\]"):
+        model(px, ids)
+
+
+def test_sequence_longer_than_the_positions_is_refused():
+    from lab.models.llm import LanguageModel, LLMConfig
+
+    cfg = LLMConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        max_position_embeddings=8,
+    )
+    llm = LanguageModel(cfg)
+    assert llm(llm.embed(torch.randint(0, 32, (1, 8)))).shape == (1, 8, 32)
+    with pytest.raises(ValueError, match="9 positions exceeds this LLM's max_position_embeddings=8"):
+        llm(llm.embed(torch.randint(0, 32, (1, 9))))
+
+
 def test_placeholder_count_mismatch_is_named():
     model = tiny()
     px, ids = batch(model)

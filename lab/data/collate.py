@@ -56,7 +56,10 @@ class Collator:
         turns = sample.turns[:-1] if prompt_only else sample.turns
         first = True
         for role, text in turns:
-            if role == "human":
+            if role == "system":  # a system prompt: context, never a training target
+                part = self.tok.encode(text)
+                lab = [IGNORE] * len(part)
+            elif role == "human":
                 part = self.user + self._human(text, sample.image is not None and first) + self.assistant
                 first = False
                 lab = part if self.train_on == "all" else [IGNORE] * len(part)

@@ -103,15 +103,40 @@ class LlavaJSON:
         if not isinstance(records, list) or not records:
             raise ValueError(f"{path} holds no records: an empty data set cannot be trained on")
         self.records, self.folder, self.image_size = records, folder, image_size
-        for i, r in enumerate(records):
-            turns = r.get("conversations")
-            if not turns or not any(t.get("from") == "gpt" for t in turns):
-                raise ValueError(f"{path} record {i} has no 'conversations' with an assistant ('gpt') turn")
-            if "image" in r:
-                if not (folder / r["image"]).exists():
-                    raise FileNotFoundError(f"{path} record {i}: image {folder / r['image']} does not exist")
-                if sum(t["value"].count(IMAGE) for t in turns) != 1:
-                    raise ValueError(f"{path} record {i} has an image but not exactly one {IMAGE} in its turns")
+        bad = [(i, why) for i, r in enumerate(records) if (why := self._problem(r))]
+        if any(isinstance(r, dict) and "image" in r for r in records):  # a batch is all-image or all-text
+            bad += [(i, "no 'image', among records with images") for i, r in enumerate(records) if "image" not in r]
+            bad.sort()
+        if bad:
+            shown = "; ".join(f"record {i}: {why}" for i, why in bad[:5])
+            raise ValueError(f"{path}: {len(bad)} of {len(records)} records are unusable ({shown})")
+
+    def _problem(self, r) -> str | None:
+        """Why a record cannot be trained on, or None. Images are opened and decoded here, so a
+        broken file stops the run before step 1, not hours into it."""
+        from PIL import Image
+
+        turns = r.get("conversations") if isinstance(r, dict) else None
+        if not isinstance(turns, list) or not turns:
+            return "no 'conversations' list"
+        if not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns):
+            return "a turn without a text 'value'"
+        roles = [t.get("from") for t in turns]
+        chat = roles[1:] if roles[0] == "system" else roles
+        if not chat or chat[::2] != ["human"] * len(chat[::2]) or chat[1::2] != ["gpt"] * len(chat[1::2]):
+            return f"turns must alternate human, gpt (after one optional system turn), got {roles}"
+        if "gpt" not in chat:
+            return "no assistant ('gpt') turn to train on"
+        if "image" not in r:
+            return None  # text-only: no <image> placeholder, no visual tokens (all records, or none)
+        if sum(t["value"].count(IMAGE) for t in turns) != 1:
+            return f"an image but not exactly one {IMAGE} in its turns"
+        try:
+            with Image.open(self.folder / r["image"]) as im:
+                im.load()
+        except (OSError, ValueError) as e:
+            return f"image {self.folder / r['image']} does not open ({type(e).__name__})"
+        return None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -125,7 +150,7 @@ class LlavaJSON:
             with Image.open(self.folder / r["image"]) as im:
                 im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
                 image = np.asarray(im, dtype=np.uint8)
-        turns = [("human" if t["from"] == "human" else "gpt", t["value"]) for t in r["conversations"]]
+        turns = [(t["from"], t["value"]) for t in r["conversations"]]  # human, gpt, or a leading system
         return Sample(image, turns, family=r.get("family", "llava"))
 
 

@@ -189,6 +189,11 @@ class LanguageModel(nn.Module):
         """The final normed hidden states `b t d` that the head reads (what the probes read too)."""
         b, t, _ = embeds.shape
         past = cache.length if cache is not None else 0
+        if past + t > self.cfg.max_position_embeddings:
+            raise ValueError(
+                f"a sequence of {past + t} positions exceeds this LLM's max_position_embeddings="
+                f"{self.cfg.max_position_embeddings}; shorten the prompt"
+            )
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, past, t, b, embeds.device)
         cos, sin = self.rotary(position_ids, embeds.dtype)

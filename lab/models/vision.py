@@ -154,6 +154,14 @@ class VisionEncoder(nn.Module):
                 f"pixel_values must have shape [batch, 3, {s}, {s}] for this model's image_size={s}, "
                 f"got {list(pixel_values.shape)}"
             )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be floating point, normalised as the model was trained (lab.data.pixels), "
+                f"got {pixel_values.dtype}: raw 0-255 images need normalising first"
+            )
+        if not torch.isfinite(pixel_values).all():
+            bad = (~torch.isfinite(pixel_values)).flatten(1).any(1).nonzero().flatten().tolist()
+            raise ValueError(f"pixel_values hold NaN or infinite values (batch rows {bad[:5]})")
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         self.check_pixels(pixel_values)
