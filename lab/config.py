@@ -32,6 +32,8 @@ class Config:
             sub = _config_type(hints[name])
             if sub is not None and isinstance(value, dict):
                 value = sub.from_dict(value)
+            elif sub is not None and value is not None and not isinstance(value, Config):
+                raise ConfigError(f"config section {cls.__name__}.{name} must be a mapping of keys, got {value!r}")
             else:
                 value = _check_type(cls.__name__, name, hints[name], value)
             kwargs[name] = value
@@ -68,6 +70,15 @@ def _check_type(owner: str, name: str, hint: Any, value: Any) -> Any:
         names = " or ".join(t.__name__ for t in scalars)
         raise ConfigError(f"{owner}.{name} must be {names}, got {value!r} ({type(value).__name__})")
     return value
+
+
+def check_range(name: str, value: float, low: float | None = None, high: float | None = None, *, above=False) -> None:
+    """`low <= value <= high` (`low < value` when `above`), or a ConfigError naming the key."""
+    too_low = low is not None and (value <= low if above else value < low)
+    if too_low or (high is not None and value > high):
+        lo = "" if low is None else f"{'>' if above else '>='} {low}"
+        hi = "" if high is None else f"<= {high}"
+        raise ConfigError(f"{name}={value!r} is out of range; it must be {' and '.join(x for x in (lo, hi) if x)}")
 
 
 def check_choice(name: str, value: Any, allowed: tuple) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lab.convert.configs import (
@@ -104,7 +105,10 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     for f in files:
         if not (path / f).exists():
             raise CheckpointError(f"shard {f} listed in the index is missing from {path}")
-        tensors.update(load_file(path / f))
+        try:
+            tensors.update(load_file(path / f))
+        except (SafetensorError, OSError) as e:  # a cut or garbled file
+            raise CheckpointError(f"{path / f} is not a readable safetensors file ({e})") from None
     return tensors
 
 
@@ -118,7 +122,10 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, **overri
     if (path / "config.json").exists():
         import transformers as tf
 
-        hf_cfg = tf.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        try:
+            hf_cfg = tf.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path / 'config.json'} is not a readable transformers config ({e})") from None
         family = family_of_hf(hf_cfg)
         cfg = lab_config_from_hf(hf_cfg)
         if lab_cfg_file.exists():  # lab-only settings (attn_impl, freeze switches) saved beside

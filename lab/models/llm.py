@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lab.config import Config, ConfigError, check_choice
+from lab.config import Config, ConfigError, check_choice, check_range
 from lab.models.attention import ATTN_IMPLS, attention
 from lab.models.vision import ACTIVATIONS
 
@@ -36,6 +36,8 @@ class LLMConfig(Config):
     attn_impl: str = "sdpa"
 
     def __post_init__(self) -> None:
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+            check_range(f"llm.{key}", getattr(self, key), 1)
         check_choice("llm.attn_impl", self.attn_impl, ATTN_IMPLS)
         check_choice("llm.hidden_act", self.hidden_act, tuple(ACTIVATIONS))
         if self.head_dim is None:

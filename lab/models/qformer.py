@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from lab.config import Config, ConfigError, check_choice
+from lab.config import Config, ConfigError, check_choice, check_range
 from lab.models.attention import attention, padding_bias
 from lab.models.vision import ACTIVATIONS
 
@@ -44,6 +44,10 @@ class QFormerConfig(Config):
     attn_impl: str = "sdpa"  # cross-attention: "eager" | "sdpa" | "triton" (fused K/V projection)
 
     def __post_init__(self) -> None:
+        for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_query_tokens"):
+            check_range(f"qformer.{key}", getattr(self, key), 1)
+        for key in ("attention_dropout", "hidden_dropout"):
+            check_range(f"qformer.{key}", getattr(self, key), 0, 0.999)
         check_choice("qformer.attn_impl", self.attn_impl, QFORMER_ATTN_IMPLS)
         check_choice("qformer.hidden_act", self.hidden_act, tuple(ACTIVATIONS))
         if self.hidden_size % self.num_heads:

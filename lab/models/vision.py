@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lab.config import Config, ConfigError, check_choice
+from lab.config import Config, ConfigError, check_choice, check_range
 from lab.models.attention import ATTN_IMPLS, attention
 
 ACTIVATIONS = {
@@ -46,6 +46,8 @@ class VisionConfig(Config):
     attn_impl: str = "sdpa"
 
     def __post_init__(self) -> None:
+        for key in ("image_size", "patch_size", "hidden_size", "intermediate_size", "num_layers", "num_heads"):
+            check_range(f"vision.{key}", getattr(self, key), 1)
         check_choice("vision.qkv_bias", self.qkv_bias, ("qv", "qkv", "none"))
         check_choice("vision.hidden_act", self.hidden_act, tuple(ACTIVATIONS))
         check_choice("vision.attn_impl", self.attn_impl, ATTN_IMPLS)

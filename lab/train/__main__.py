@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from lab.config import ConfigError
@@ -48,13 +49,17 @@ def main(argv: list[str] | None = None) -> int:
                 overrides[key] = value
         cfg = build_config(args.stage, args.quick, args.config, overrides)
     except ConfigError as e:
+        if os.environ.get("LAB_DEBUG"):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     from lab.train.trainer import RunError, train
 
     try:
         summary = train(cfg, args.out, args.init, args.resume, progress=not args.no_progress)
-    except (RunError, FileNotFoundError, ValueError) as e:
+    except (RunError, FileNotFoundError, ValueError, FloatingPointError) as e:
+        if os.environ.get("LAB_DEBUG"):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from lab.config import Config, ConfigError, check_choice
+from lab.config import Config, ConfigError, check_choice, check_range
 from lab.data.datasets import SceneDataConfig
 from lab.data.tasks import FAMILIES, HELD_IN
 from lab.models import ConnectorConfig, LLMConfig, QFormerConfig, VisionConfig, VLMConfig
@@ -63,6 +63,14 @@ class OptimConfig(Config):
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
     clip_grad: float = 1.0
     beta2: float = 0.98
+
+    def __post_init__(self) -> None:
+        check_range("optim.lr", self.lr, 0, above=True)
+        check_range("optim.weight_decay", self.weight_decay, 0)
+        check_range("optim.warmup_steps", self.warmup_steps, 0)
+        check_range("optim.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        check_range("optim.clip_grad", self.clip_grad, 0)
+        check_range("optim.beta2", self.beta2, 0, 0.9999)
 
 
 @dataclasses.dataclass
@@ -206,7 +214,15 @@ def build_config(
     check_choice("stage", stage, STAGE_NAMES)
     data = merge(TrainConfig(stage=stage).to_dict(), PRESETS[stage][1 if quick else 0])
     if config_file:
-        loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            raise ConfigError(f"{path} is not valid YAML{line}: {getattr(e, 'problem', e)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config_file} must hold a mapping of config keys")
         for k, v in _flatten(loaded).items():  # one key at a time, so connector.kind drops the Q-Former
