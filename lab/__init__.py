@@ -10,4 +10,12 @@ def load_pretrained(path, **kwargs):
     return _load(path, **kwargs)
 
 
-__all__ = ["VisionLanguageModel", "VLMConfig", "load_pretrained"]
+def save_pretrained(model, path, **kwargs):
+    """Write safetensors + config; transformers-readable when the design has an equivalent. (A
+    function on the convert side, not a model method: the models layer knows nothing of formats.)"""
+    from lab.convert import save_pretrained as _save
+
+    return _save(model, path, **kwargs)
+
+
+__all__ = ["VisionLanguageModel", "VLMConfig", "load_pretrained", "save_pretrained"]

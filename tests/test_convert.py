@@ -114,7 +114,7 @@ def test_transformers_folder_loads(pair, tmp_path):
 
 def test_lab_folder_loads_in_both(pair, tmp_path):
     hf, model = pair
-    model.save_pretrained(tmp_path / "lab")
+    lab.save_pretrained(model, tmp_path / "lab")
     again = lab.load_pretrained(tmp_path / "lab")
     theirs = type(hf).from_pretrained(tmp_path / "lab").eval()
     px = F.pixels(hf.config)
@@ -178,7 +178,7 @@ def test_linear_connector_has_no_transformers_twin_but_saves(tmp_path):
     model = VisionLanguageModel(VLMConfig(connector=ConnectorConfig(kind="linear")))
     with pytest.raises(UnsupportedModelError, match="no transformers equivalent"):
         to_transformers(model)
-    model.save_pretrained(tmp_path)
+    lab.save_pretrained(model, tmp_path)
     again = lab.load_pretrained(tmp_path)
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -158,9 +157,3 @@ class VisionLanguageModel(nn.Module):
             pad_token_id=pad_token_id,
             generator=generator,
         )
-
-    def save_pretrained(self, path: str, **kwargs: Any) -> None:
-        """Write safetensors + config; transformers-readable when the design has an equivalent."""
-        from lab.convert import save_pretrained
-
-        save_pretrained(self, path, **kwargs)

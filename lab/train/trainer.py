@@ -337,7 +337,7 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
 
 def export(stage: Stage, out: Path, summary: dict) -> None:
     """The run's result as a model folder: `lab.load_pretrained(out)` and `--init out` read it."""
-    stage.vlm.save_pretrained(out)
+    lab.save_pretrained(stage.vlm, out)
     if stage.aux is not None:
         (out / HEADS).mkdir(exist_ok=True)
         save_file(state_tensors(stage.aux), out / HEADS / "model.safetensors")
