@@ -28,6 +28,7 @@ from lab.data import (
 from lab.data.tasks import MIN_OBJECTS
 from lab.data.tokenizer import load_tokenizer
 from lab.models import VisionLanguageModel
+from lab.rundir import RunDir
 
 QA_HELD_IN = tuple(f for f in HELD_IN if f != "caption")  # caption is scored by slot recall
 
@@ -117,7 +118,7 @@ def evaluate_llava(model: VisionLanguageModel, tok, path: str, image_folder: str
 
 
 def cost(model: VisionLanguageModel, folder: Path) -> dict:
-    run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
+    run = RunDir(folder).summary()
     return {
         "trainable_parameters": run.get("trainable_parameters"),
         "total_parameters": sum(p.numel() for p in model.parameters()),
@@ -145,12 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--data needs --image-folder")
             result = evaluate_llava(model, tok, args.data, args.image_folder)
         else:
-            cfg_file = folder / "train_config.json"
-            data = (
-                SceneDataConfig.from_dict(json.loads(cfg_file.read_text())["data"])
-                if cfg_file.exists()
-                else SceneDataConfig()
-            )
+            saved = RunDir(folder).train_config()
+            data = SceneDataConfig.from_dict(saved["data"]) if saved else SceneDataConfig()
             result = evaluate_scenes(model, tok, data, per_family=args.per_family, split=args.split)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

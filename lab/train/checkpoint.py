@@ -30,6 +30,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lab.rundir import RunDir
+
 log = logging.getLogger("lab")
 KEEP = 2
 MANIFEST = "manifest.json"
@@ -132,7 +134,7 @@ def damage(folder: Path) -> str | None:
 
 
 def save_checkpoint(root: Path, step: int, module: nn.Module, trainer_state: dict) -> Path:
-    folder = root / "checkpoints"
+    folder = RunDir(root).checkpoints
     final = folder / f"step-{step:06d}"
     tmp = folder / f".step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -153,7 +155,7 @@ def save_checkpoint(root: Path, step: int, module: nn.Module, trainer_state: dic
 
 def latest_checkpoint(root: Path) -> Path | None:
     """The newest intact step folder of the run at `root`; damaged ones are skipped with a warning."""
-    folder = root / "checkpoints"
+    folder = RunDir(root).checkpoints
     pointer = folder / "latest"
     if pointer.exists():
         name = pointer.read_text().strip()

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 import lab
 from lab.data import scene_tokenizer
 from lab.data.tokenizer import WordTokenizer, load_tokenizer
+from lab.rundir import RunDir
 from lab.train.checkpoint import (
     config_difference,
     latest_checkpoint,
@@ -40,9 +41,6 @@ from lab.train.config import TrainConfig
 from lab.train.stages import COMPONENTS, Stage, build_stage
 
 log = logging.getLogger("lab")
-RUN_FILE = "run.json"  # stage, components holding trained weights, throughput
-HEADS = "heads"  # the stage's own heads (contrastive, stage-1), kept out of the VLM's folder
-TRAINABLE_FILE = "trainable.json"  # what the stage trains and why (`lab.train.trainable`)
 
 
 class RunError(RuntimeError):
@@ -104,7 +102,7 @@ def load_init(stage: Stage, folders: list[Path]) -> list[str]:
     got: dict[str, Path] = {}
     own = stage.vlm.state_dict()
     for folder in folders:
-        run = json.loads((folder / RUN_FILE).read_text()) if (folder / RUN_FILE).exists() else {}
+        run = RunDir(folder).summary()
         comps = run.get("components", list(COMPONENTS))
         src = lab.load_pretrained(folder).state_dict()
         for comp in comps:
@@ -141,7 +139,7 @@ def _lock(out: Path):
     import fcntl
 
     out.mkdir(parents=True, exist_ok=True)
-    f = open(out / ".lock", "a+")  # noqa: SIM115 - held open for the whole run
+    f = open(RunDir(out).lock_file, "a+")  # noqa: SIM115 - held open for the whole run
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -187,7 +185,8 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
     tok = run_tokenizer(cfg, init)
     stage = build_stage(cfg, tok)
     inherited = load_init(stage, init)
-    metrics_path, cfg_path, decided_path = out / "metrics.jsonl", out / "train_config.json", out / TRAINABLE_FILE
+    run = RunDir(out)
+    metrics_path, cfg_path, decided_path = run.metrics_file, run.train_config_file, run.trainable_file
     if resume and decided_path.exists():  # decide exactly as the run did, with or without --init now
         inherited = json.loads(decided_path.read_text())["inherited"]
     decisions = stage.set_trainable(inherited)
@@ -209,8 +208,8 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
         if diff:
             raise RunError(f"--resume: {out} was trained with another config; differences: {diff}")
         ckpt = latest_checkpoint(out)
-        if ckpt is None and any((out / "checkpoints").glob("step-*")):
-            raise RunError(f"--resume: no intact checkpoint under {out}/checkpoints (see the warnings above)")
+        if ckpt is None and any(run.checkpoints.glob("step-*")):
+            raise RunError(f"--resume: no intact checkpoint under {run.checkpoints} (see the warnings above)")
         if ckpt is None:
             log.info("--resume: %s stopped before its first checkpoint; starting over with its saved config", out)
             fresh = True
@@ -225,7 +224,7 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
                 truncate_metrics(metrics_path, step)
                 log.info("resumed %s at step %d", ckpt, step)
     if fresh and main:
-        if not resume and (cfg_path.exists() or metrics_path.exists() or (out / "checkpoints").exists()):
+        if not resume and run.holds_run():
             raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         truncate_metrics(metrics_path, 0)
         cfg_path.write_text(json.dumps(_resumable(cfg), indent=2))
@@ -338,10 +337,11 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
 def export(stage: Stage, out: Path, summary: dict) -> None:
     """The run's result as a model folder: `lab.load_pretrained(out)` and `--init out` read it."""
     lab.save_pretrained(stage.vlm, out)
+    run = RunDir(out)
     if stage.aux is not None:
-        (out / HEADS).mkdir(exist_ok=True)
-        save_file(state_tensors(stage.aux), out / HEADS / "model.safetensors")
-    (out / RUN_FILE).write_text(json.dumps(summary, indent=2))
+        run.heads_file.parent.mkdir(exist_ok=True)
+        save_file(state_tensors(stage.aux), run.heads_file)
+    run.summary_file.write_text(json.dumps(summary, indent=2))
 
 
 def _resumable(cfg: TrainConfig) -> dict:
