@@ -94,27 +94,46 @@ def test_mlp_projector_matches_float64(lead, din, dh, dout):
 
 
 def _strided(t: torch.Tensor, layout: str) -> torch.Tensor:
-    """The same values in another memory layout: every other element, or a transposed copy."""
+    """The same values in another memory layout: every other element of a wider tensor, the
+    transpose of a transposed copy, or a broadcast (stride 0) of the first row."""
     if layout == "every_other":
         wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
         wide[..., ::2] = t
         return wide[..., ::2]
-    return t.t().contiguous().t() if t.ndim == 2 else t
+    if layout == "transposed":
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2) if t.ndim >= 2 else t
+    return t[:1].expand_as(t) if t.ndim >= 2 else t  # "expanded"
 
 
-@settings(max_examples=12, deadline=None)
-@given(
-    which=st.sampled_from(["x", "w1", "b1", "w2", "b2"]),
-    layout=st.sampled_from(["every_other", "transposed"]),
-)
-def test_mlp_projector_accepts_any_stride(which, layout):
+def _kernel_args(kernel: str) -> tuple[dict, callable, callable]:
     torch.manual_seed(0)
-    args = {"x": torch.randn(6, 8), "w1": torch.randn(16, 8), "b1": torch.randn(16), "w2": torch.randn(4, 16)}
-    args["b2"] = torch.randn(4)
-    want = R.mlp_projector(*args.values())
-    args[which] = _strided(args[which], layout)
-    assert not args[which].is_contiguous() or layout == "transposed" and args[which].ndim == 1
-    torch.testing.assert_close(kernels.mlp_projector(*args.values()), want, atol=1e-4, rtol=1e-4)
+    if kernel == "mlp_projector":
+        args = {"x": torch.randn(6, 8), "w1": torch.randn(16, 8), "b1": torch.randn(16), "w2": torch.randn(4, 16)}
+        args["b2"] = torch.randn(4)
+        return args, kernels.mlp_projector, R.mlp_projector
+    if kernel == "cross_attention":
+        args = {k: torch.randn(2, 2, 5, 8) for k in ("q", "k", "v")}
+        return args, kernels.cross_attention, R.cross_attention
+    args = {"hidden_q": torch.randn(2, 5, 8), "x": torch.randn(2, 7, 12), "wk": torch.randn(8, 12)}
+    args |= {"bk": torch.randn(8), "wv": torch.randn(8, 12), "bv": torch.randn(8)}
+    return args, lambda *a: kernels.projected_cross_attention(*a, 2), lambda *a: R.projected_cross_attention(*a, 2)
+
+
+ARGS = {
+    "mlp_projector": ("x", "w1", "b1", "w2", "b2"),
+    "cross_attention": ("q", "k", "v"),
+    "projected_cross_attention": ("hidden_q", "x", "wk", "bk", "wv", "bv"),
+}
+
+
+@pytest.mark.parametrize("kernel,arg", [(k, a) for k, args in ARGS.items() for a in args])
+@pytest.mark.parametrize("layout", ["every_other", "transposed", "expanded"])
+def test_kernels_accept_any_stride(kernel, arg, layout):
+    args, ours, ref = _kernel_args(kernel)
+    args[arg] = _strided(args[arg], layout)
+    want = ref(*(a.double() for a in args.values()))
+    got = ours(*args.values())
+    torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
 
 
 def test_triton_kernels_actually_ran(monkeypatch):
