@@ -33,6 +33,7 @@ from einops import rearrange
 import lab
 from lab.data import Collator, SceneDataConfig, SceneTasks, load_tokenizer, pixels
 from lab.data.scenes import CELLS, COLORS, SHAPES, SIZES, Scene
+from lab.rundir import RunDir
 
 SITES = ("pixels", "vit", "connector", "llm")
 SCENE_ATTRS = ("color", "shape", "size", "count", "position")
@@ -265,8 +266,8 @@ def probe_table(results: dict[str, dict]) -> str:
 
 
 def _run_data(folder: Path) -> SceneDataConfig:
-    cfg = folder / "train_config.json"
-    data = SceneDataConfig.from_dict(json.loads(cfg.read_text())["data"]) if cfg.exists() else SceneDataConfig()
+    saved = RunDir(folder).train_config()
+    data = SceneDataConfig.from_dict(saved["data"]) if saved else SceneDataConfig()
     return data.replace(pool=0)
 
 

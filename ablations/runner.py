@@ -30,6 +30,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from lab.rundir import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The small-scale regime, applied to every training step of every variant (chosen on the
@@ -224,7 +226,7 @@ class Runner:
         }
         cached.write_text(json.dumps(res, indent=2))
         for out in outputs.values():  # keep the results, not every intermediate checkpoint
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            shutil.rmtree(RunDir(out).checkpoints, ignore_errors=True)
         return res
 
     def stage0_probes(self, seed: int = 0) -> dict:
@@ -308,7 +310,7 @@ class Runner:
 
 def _done(folder: Path, key: str) -> bool:
     f = folder / "fingerprint"
-    return (folder / "run.json").exists() and f.exists() and f.read_text() == key
+    return RunDir(folder).summary_file.exists() and f.exists() and f.read_text() == key
 
 
 def _init_worker() -> None:
@@ -362,7 +364,7 @@ def evaluate(model, final: Path, eval_overrides: dict, per_family: int, seed: in
     from lab.train.config import set_override
 
     tok = load_tokenizer(final)
-    data = json.loads((final / "train_config.json").read_text())["data"]
+    data = RunDir(final).train_config()["data"]
     data["pool"] = 0  # a small tuning pool is still tested on the whole distribution
     for k, v in eval_overrides.items():
         set_override(data, k, v)
@@ -415,9 +417,9 @@ def retrieval(model, vision_run: Path, final: Path, n: int = 64, batch: int = 32
     from lab.models.clip import ClipConfig, ContrastiveHeads, retrieval_accuracy
 
     tok = load_tokenizer(final)
-    cfg = json.loads((vision_run / "train_config.json").read_text())
+    cfg = RunDir(vision_run).train_config()
     heads = ContrastiveHeads(ClipConfig.from_dict(cfg["clip"]), model.cfg.vision.hidden_size, len(tok))
-    heads.load_state_dict(load_file(vision_run / "heads" / "model.safetensors"))
+    heads.load_state_dict(load_file(RunDir(vision_run).heads_file))
     heads.to(next(model.parameters()).device)
     ds = SceneTasks(SceneDataConfig.from_dict(cfg["data"]), "val")
     accs = []
