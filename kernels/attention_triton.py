@@ -108,6 +108,17 @@ def _key_valid(MASK, b, offs_n, NK, smb, smn, HAS_MASK: tl.constexpr):
     return valid
 
 
+# ---- forward -------------------------------------------------------------------------------
+# For one (batch b, head h) and a block of BLOCK_M queries, over keys n = 0..NK in blocks of BLOCK_N:
+#
+#     K_n = x_n Wkᵀ + bk,  V_n = x_n Wvᵀ + bv          (PROJECT: computed here, never stored)
+#     s_mn = scale · q_m · K_n                         (masked keys: -inf)
+#     m_m  = max_n s_mn,   l_m = Σ_n exp(s_mn - m_m)   (online: rescaled by exp(m_old - m_new))
+#     o_m  = Σ_n exp(s_mn - m_m) V_n / l_m,   lse_m = m_m + log l_m   (kept for the backward)
+#
+# In SRAM: the Q tile [BLOCK_M, BLOCK_D], one K and one V tile [BLOCK_N, BLOCK_D] at a time (with
+# PROJECT, built from x tiles [BLOCK_N, BLOCK_K] and weight tiles [BLOCK_K, BLOCK_D]), and the
+# running m, l [BLOCK_M] and accumulator [BLOCK_M, BLOCK_D] in fp32. Grid: (query blocks, B·H).
 @triton.jit
 def attn_fwd(
     Q,
@@ -220,6 +231,18 @@ def attn_fwd(
     tl.store(LSE + pid_bh * NQ + offs_m, m_i + tl.log(l_i), mask=offs_m < NQ)
 
 
+# ---- backward ------------------------------------------------------------------------------
+# With p_mn = exp(s_mn - lse_m) recomputed from the saved lse, dO the output gradient and
+# δ_m = Σ_d dO_md O_md (computed outside, once):
+#
+#     dV_n = Σ_m p_mn dO_m,   dp_mn = dO_m · V_n,   ds_mn = p_mn (dp_mn - δ_m)
+#     dK_n = scale · Σ_m ds_mn q_m,   dQ_m = scale · Σ_n ds_mn K_n
+#
+# Two kernels, so that no two programs add into the same rows: `attn_bwd_dkdv` owns a block of
+# keys and loops over every query block (dK, dV tiles [BLOCK_N, BLOCK_D] in fp32 SRAM);
+# `attn_bwd_dq` owns a block of queries and loops over every key block (dQ tile [BLOCK_M,
+# BLOCK_D]). With PROJECT both recompute K and V from x exactly as the forward did; the weight
+# and input gradients follow outside as dense GEMMs: dx = dK Wk + dV Wv, dWk = dKᵀ x, dbk = Σ dK.
 @triton.jit
 def attn_bwd_dkdv(
     Q,

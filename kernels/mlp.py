@@ -13,6 +13,12 @@ from kernels import reference
 from kernels.dispatch import backend, check, check_same, dot_precision, interpreting, launches
 
 
+# C[m, n] = Σ_k A[m, k] W[n, k] + bias[n], then optionally GELU(c) = c · Φ(c) = ½ c (1 + erf(c / √2)).
+#
+# One program owns a [BLOCK_M, BLOCK_N] tile of C and walks K in steps of BLOCK_K: an A tile
+# [BLOCK_M, BLOCK_K] and a Wᵀ tile [BLOCK_K, BLOCK_N] in SRAM, the accumulator in fp32. Bias and
+# GELU are the epilogue, applied to the accumulator before the single store, so the GELU input
+# never reaches memory. Grid: (M / BLOCK_M, N / BLOCK_N).
 @triton.jit
 def linear_kernel(
     A,
