@@ -70,9 +70,6 @@ class VisionLanguageModel(nn.Module):
                 n = sum(p.numel() for p in module.parameters())
                 log.info("froze %s: %d parameters will not be trained", name, n)
 
-    def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
     def visual_embeddings(self, pixel_values, instruction_ids=None, instruction_mask=None) -> torch.Tensor:
         """pixels `b 3 H W` -> visual embeddings `b nv d_llm`."""
         features = self.vision(pixel_values)
