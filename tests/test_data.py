@@ -231,3 +231,16 @@ def test_hard_negative_binds_the_same_words_wrongly(seed):
         assert sorted(neg.split()) == sorted(true.split())
     else:  # a lone object changes shape, nothing else
         assert [a == b for a, b in zip(neg.split(), true.split(), strict=True)].count(False) == 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10**6))
+def test_cell_phrases_name_each_cell_once(seed):
+    from lab.data.scenes import CELLS
+    from lab.data.tasks import all_cell_phrases, cell_phrases
+
+    scene = sample_scene(np.random.default_rng(seed), SceneConfig(min_objects=1, max_objects=4))
+    phrases = cell_phrases(scene)
+    assert [p.split(" at ")[1] for p in phrases] == list(CELLS)
+    assert sum(not p.startswith("no objects") for p in phrases) == len(scene.objects)
+    assert set(phrases) <= set(all_cell_phrases()) and len(set(all_cell_phrases())) == 9 * 49

@@ -226,3 +226,29 @@ def test_contrastive_similarity_is_a_bounded_image_by_caption_matrix(token_wise)
     ids2 = ids.clone()  # a padded token of caption 0 changes: its similarities do not
     ids2[0, 5] = (ids[0, 5] + 1) % 32
     assert torch.allclose(heads.similarity(image, ids2, mask), sim, atol=1e-6)
+
+
+def test_dense_clip_loss_scores_each_patch_against_its_cell_phrase():
+    from lab.models.clip import ClipConfig, ContrastiveHeads
+
+    torch.manual_seed(0)
+    heads = ContrastiveHeads(ClipConfig(), 16, 32)
+    ids, mask = torch.randint(0, 32, (5, 4)), torch.ones(5, 4, dtype=torch.long)
+    target = torch.randint(0, 5, (2, 9))
+    features = torch.randn(2, 37, 16)  # CLS + a 6x6 patch grid: 2x2 patches per cell
+    loss = heads.dense_loss(features, ids, mask, target)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    # a patch grid that does not tile the 3x3 cells is refused
+    with pytest.raises(ValueError, match="aligned with the 3x3 cells"):
+        heads.dense_loss(torch.randn(2, 17, 16), ids, mask, target)
+    # the loss reads the cell layout: features that equal their cell's phrase embedding score better
+    with torch.no_grad():
+        heads.image_proj.weight.copy_(torch.eye(64, 16))
+        heads.image_proj.bias.zero_()
+    txt = torch.nn.functional.normalize(heads.text_proj(heads._pooled(ids, mask)), dim=-1)
+    from einops import rearrange
+
+    aligned = rearrange(txt[target][..., :16], "b (r q) d -> b r q d", r=3)
+    aligned = aligned.repeat_interleave(2, 1).repeat_interleave(2, 2).flatten(1, 2)
+    good = heads.dense_loss(torch.cat([torch.zeros(2, 1, 16), aligned], 1), ids, mask, target)
+    assert good < heads.dense_loss(torch.cat([torch.zeros(2, 1, 16), aligned.flip(1)], 1), ids, mask, target)

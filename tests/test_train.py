@@ -72,6 +72,23 @@ def test_every_stage_trains_only_its_components(stage0, tmp_path):
     assert (tmp_path / "stage1" / "heads" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize(
+    "extra", [{"clip.hard_negatives": 2}, {"clip.token_wise": True}, {"clip.dense_weight": 1.0}], ids=str
+)
+def test_stage0_vision_objectives_train(tmp_path, extra):
+    summary = train(
+        cfg(
+            "vision",
+            2,
+            **{"data.scene.image_size": 48, "model.vision.image_size": 48, "model.vision.patch_size": 8, **extra},
+        ),
+        tmp_path,
+        progress=False,
+    )
+    losses_seen = losses(tmp_path)
+    assert summary["steps"] == 2 and all(math.isfinite(x) for x in losses_seen)
+
+
 def test_lm_loss_decreases(tmp_path):
     train(cfg("lm", 30), tmp_path, progress=False)
     curve = losses(tmp_path)

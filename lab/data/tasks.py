@@ -49,6 +49,19 @@ def caption(scene: Scene) -> str:
     return " and ".join(f"{o.size} {o.color} {o.shape} at {o.cell}" for o in scene.objects)
 
 
+def cell_phrases(scene: Scene) -> list[str]:
+    """One phrase per grid cell in reading order: the object there ("large red circle at top
+    left") or "no objects at top left". The targets of stage 0's dense (per-cell) objective."""
+    at = {o.cell: o for o in scene.objects}
+    return [f"{at[c].size} {at[c].color} {at[c].shape} at {c}" if c in at else f"no objects at {c}" for c in CELLS]
+
+
+def all_cell_phrases() -> list[str]:
+    """Every phrase `cell_phrases` can produce (9 cells × (48 objects + empty)), in a fixed order."""
+    objects = [f"{z} {c} {s}" for z in ("small", "large") for c in COLORS for s in SHAPES]
+    return [f"{o} at {cell}" for cell in CELLS for o in [*objects, "no objects"]]
+
+
 def hard_negative(scene: Scene, rng: np.random.Generator) -> str:
     """A caption that names the same words but binds them wrongly: two objects swap their shapes
     (or colours), or a lone object changes shape. In-batch captions differ in colours and cells,

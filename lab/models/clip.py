@@ -12,6 +12,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from lab.config import Config
@@ -28,6 +29,9 @@ class ClipConfig(Config):
     # Hard-negative captions per image (NegCLIP): the same words bound wrongly. 0 = plain CLIP.
     hard_negatives: int = 0
     token_wise: bool = False  # FILIP's word-to-patch similarity instead of pooled embeddings
+    # Weight of a dense, per-cell loss: every patch token must pick out the phrase of its own grid
+    # cell ("large red circle at top left", "no objects at center") among the batch's phrases.
+    dense_weight: float = 0.0
 
 
 class ContrastiveHeads(nn.Module):
@@ -57,8 +61,7 @@ class ContrastiveHeads(nn.Module):
 
     def text_embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Token ids `b t` (keep-mask `b t`) -> unit vectors `b e` (mean over real tokens)."""
-        x, m = self.text_tokens(ids, mask), mask[..., None].to(torch.float32)
-        return F.normalize(self.text_proj((x * m).sum(1) / m.sum(1)), dim=-1)
+        return F.normalize(self.text_proj(self._pooled(ids, mask)), dim=-1)
 
     def similarity(self, features: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Image `i` × caption `j` similarity, `i j`, in [-1, 1].
@@ -77,6 +80,29 @@ class ContrastiveHeads(nn.Module):
         best = torch.einsum("ine,jte->ijtn", img, txt).amax(-1)
         m = mask.to(best.dtype)
         return (best * m).sum(-1) / m.sum(-1)
+
+    def dense_loss(self, features: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor):
+        """Per-patch classification against text: features `b n dv` (patch tokens last, on a grid
+        whose side is a multiple of 3), phrase ids `p t` (the batch's distinct cell phrases) and
+        `target` `b 9` (each cell's phrase index). Every patch token of cell c scores all phrases by
+        cosine and must pick c's. Why: with a pooled loss, what a cell holds can stay spread over its
+        patches, and an LLM reading one token at a time never finds "the circle" (measured in
+        ablations/HISTORY.md)."""
+        b, n, _ = features.shape
+        g = math.isqrt(n)  # patches per side, CLS (if any) dropped below
+        tokens = features[:, n - g * g :] if g * g != n else features
+        if (g * g != n and g * g != n - 1) or g % 3:
+            raise ValueError(f"dense clip loss needs a patch grid aligned with the 3x3 cells, got {n} tokens")
+        cells = rearrange(tokens, "b (r i q j) d -> b (r q) (i j) d", r=3, q=3, i=g // 3, j=g // 3)
+        img = F.normalize(self.image_proj(cells), dim=-1)
+        txt = F.normalize(self.text_proj(self._pooled(ids, mask)), dim=-1)
+        logits = torch.einsum("bcke,pe->bckp", img, txt) * self.logit_scale.exp().clamp(max=100)
+        labels = target[:, :, None].expand(-1, -1, logits.shape[2])
+        return F.cross_entropy(logits.flatten(0, 2), labels.flatten())
+
+    def _pooled(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x, m = self.text_tokens(ids, mask), mask[..., None].to(torch.float32)
+        return (x * m).sum(1) / m.sum(1)
 
     def loss(self, sim: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
         """Symmetric InfoNCE over a square similarity matrix: caption i belongs to image i.

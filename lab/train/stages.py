@@ -18,7 +18,7 @@ from torch import nn
 from lab.config import ConfigError
 from lab.data import Collator, LlavaJSON, SceneTasks, Shuffled, pixels
 from lab.data.collate import pad_right
-from lab.data.tasks import hard_negative
+from lab.data.tasks import all_cell_phrases, cell_phrases, hard_negative
 from lab.models import VisionLanguageModel
 from lab.models.blip2_stage1 import Stage1Heads
 from lab.models.clip import ContrastiveHeads
@@ -124,6 +124,17 @@ class VisionStage(Stage):
             tok = self.tok
             ids, mask = pad_right([[tok.bos_id] + tok.encode(t) + [tok.eos_id] for t in negs], tok.pad_id)
             batch |= {"negative_ids": ids, "negative_mask": mask}
+        if self.cfg.clip.dense_weight:
+            if any(s.scene is None for s in samples):
+                raise ConfigError("clip.dense_weight needs generated scenes (their cells are the targets)")
+            # every possible phrase, not just the batch's: in a batch of 32 scenes a cell's colour
+            # and size alone almost always single out its phrase, and shape would go unlearned
+            per_image = [cell_phrases(s.scene) for s in samples]
+            phrases = all_cell_phrases()
+            tok = self.tok
+            ids, mask = pad_right([[tok.bos_id] + tok.encode(p) + [tok.eos_id] for p in phrases], tok.pad_id)
+            target = torch.tensor([[phrases.index(p) for p in ps] for ps in per_image])
+            batch |= {"cell_ids": ids, "cell_mask": mask, "cell_target": target}
         return batch
 
     def count(self, batch: dict) -> int:
@@ -135,7 +146,11 @@ class VisionStage(Stage):
         neg = None
         if "negative_ids" in batch:
             neg = self.aux.similarity(image, batch["negative_ids"], batch["negative_mask"])
-        return self.aux.loss(sim, neg) * len(image)
+        loss = self.aux.loss(sim, neg)
+        if "cell_ids" in batch:
+            dense = self.aux.dense_loss(image, batch["cell_ids"], batch["cell_mask"], batch["cell_target"])
+            loss = loss + self.cfg.clip.dense_weight * dense
+        return loss * len(image)
 
 
 class LMStage(Stage):
