@@ -105,7 +105,11 @@ class LlavaJSON:
         self.records, self.folder, self.image_size = records, folder, image_size
         bad = [(i, why) for i, r in enumerate(records) if (why := self._problem(r))]
         if any(isinstance(r, dict) and "image" in r for r in records):  # a batch is all-image or all-text
-            bad += [(i, "no 'image', among records with images") for i, r in enumerate(records) if "image" not in r]
+            bad += [
+                (i, "no 'image', among records with images")
+                for i, r in enumerate(records)
+                if isinstance(r, dict) and "image" not in r
+            ]
             bad.sort()
         if bad:
             shown = "; ".join(f"record {i}: {why}" for i, why in bad[:5])
@@ -129,6 +133,8 @@ class LlavaJSON:
             return "no assistant ('gpt') turn to train on"
         if "image" not in r:
             return None  # text-only: no <image> placeholder, no visual tokens (all records, or none)
+        if not isinstance(r["image"], str):
+            return f"'image' must be a file name, got {r['image']!r}"
         if sum(t["value"].count(IMAGE) for t in turns) != 1:
             return f"an image but not exactly one {IMAGE} in its turns"
         try:

@@ -30,7 +30,7 @@ class ClipConfig(Config):
     hard_negatives: int = 0
     token_wise: bool = False  # FILIP's word-to-patch similarity instead of pooled embeddings
     # Weight of a dense, per-cell loss: every patch token must pick out the phrase of its own grid
-    # cell ("large red circle at top left", "no objects at center") among the batch's phrases.
+    # cell ("large red circle at top left", "no objects at center") among all 441 cell phrases.
     dense_weight: float = 0.0
 
 
@@ -83,7 +83,7 @@ class ContrastiveHeads(nn.Module):
 
     def dense_loss(self, features: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor):
         """Per-patch classification against text: features `b n dv` (patch tokens last, on a grid
-        whose side is a multiple of 3), phrase ids `p t` (the batch's distinct cell phrases) and
+        whose side is a multiple of 3), phrase ids `p t` (every possible cell phrase) and
         `target` `b 9` (each cell's phrase index). Every patch token of cell c scores all phrases by
         cosine and must pick c's. Why: with a pooled loss, what a cell holds can stay spread over its
         patches, and an LLM reading one token at a time never finds "the circle" (measured in
