@@ -73,7 +73,14 @@ def test_every_stage_trains_only_its_components(stage0, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "extra", [{"clip.hard_negatives": 2}, {"clip.token_wise": True}, {"clip.dense_weight": 1.0}], ids=str
+    "extra",
+    [
+        {"clip.hard_negatives": 2},
+        {"clip.token_wise": True},
+        {"clip.dense_weight": 1.0},
+        {"clip.dense_weight": 1.0, "clip.dense_targets": "words"},
+    ],
+    ids=str,
 )
 def test_stage0_vision_objectives_train(tmp_path, extra):
     summary = train(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lab.data.scenes import CELLS, COLORS, SHAPES, Obj, Scene
+from lab.data.scenes import CELLS, COLORS, SHAPES, SIZES, Obj, Scene
 
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -60,6 +60,22 @@ def all_cell_phrases() -> list[str]:
     """Every phrase `cell_phrases` can produce (9 cells × (48 objects + empty)), in a fixed order."""
     objects = [f"{z} {c} {s}" for z in ("small", "large") for c in COLORS for s in SHAPES]
     return [f"{o} at {cell}" for cell in CELLS for o in [*objects, "no objects"]]
+
+
+WORD_GROUPS: tuple[tuple[str, ...], ...] = (
+    (*SHAPES, "no objects"),
+    (*COLORS, "no objects"),
+    (*SIZES, "no objects"),
+    CELLS,
+)
+
+
+def cell_words(scene: Scene) -> list[tuple[str, str, str, str]]:
+    """Per grid cell in reading order: (shape, colour, size, cell name) of its object, with
+    "no objects" for the first three when the cell is empty (one entry of each `WORD_GROUPS`)."""
+    at = {o.cell: o for o in scene.objects}
+    empty = "no objects"
+    return [(at[c].shape, at[c].color, at[c].size, c) if c in at else (empty, empty, empty, c) for c in CELLS]
 
 
 def hard_negative(scene: Scene, rng: np.random.Generator) -> str:

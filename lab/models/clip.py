@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lab.config import Config
+from lab.config import Config, check_choice
 
 
 @dataclasses.dataclass
@@ -32,6 +32,12 @@ class ClipConfig(Config):
     # Weight of a dense, per-cell loss: every patch token must pick out the phrase of its own grid
     # cell ("large red circle at top left", "no objects at center") among all 441 cell phrases.
     dense_weight: float = 0.0
+    # What each patch token must name: "phrase" (its cell's whole phrase, one of 441) or "words"
+    # (its object's shape, colour and size and its cell's name, each among its own few words).
+    dense_targets: str = "phrase"
+
+    def __post_init__(self) -> None:
+        check_choice("clip.dense_targets", self.dense_targets, ("phrase", "words"))
 
 
 class ContrastiveHeads(nn.Module):
@@ -81,13 +87,17 @@ class ContrastiveHeads(nn.Module):
         m = mask.to(best.dtype)
         return (best * m).sum(-1) / m.sum(-1)
 
-    def dense_loss(self, features: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor):
+    def dense_loss(
+        self, features: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, groups=None
+    ) -> torch.Tensor:
         """Per-patch classification against text: features `b n dv` (patch tokens last, on a grid
-        whose side is a multiple of 3), phrase ids `p t` (every possible cell phrase) and
-        `target` `b 9` (each cell's phrase index). Every patch token of cell c scores all phrases by
-        cosine and must pick c's. Why: with a pooled loss, what a cell holds can stay spread over its
-        patches, and an LLM reading one token at a time never finds "the circle" (measured in
-        ablations/HISTORY.md)."""
+        whose side is a multiple of 3), candidate phrases `p t`, and `target` `b 9 g`: for each cell
+        and each group of candidates (`groups`: (start, end) slices of the phrases; one group of all
+        by default), the index of the right one. Every patch token of cell c scores a group's
+        phrases by cosine and must pick c's; the losses of the groups add up.
+
+        Why: with a pooled loss, what a cell holds can stay spread over its patches, and an LLM
+        reading one token at a time never finds "the circle" (measured in ablations/HISTORY.md)."""
         b, n, _ = features.shape
         g = math.isqrt(n)  # patches per side, CLS (if any) dropped below
         tokens = features[:, n - g * g :] if g * g != n else features
@@ -97,8 +107,12 @@ class ContrastiveHeads(nn.Module):
         img = F.normalize(self.image_proj(cells), dim=-1)
         txt = F.normalize(self.text_proj(self._pooled(ids, mask)), dim=-1)
         logits = torch.einsum("bcke,pe->bckp", img, txt) * self.logit_scale.exp().clamp(max=100)
-        labels = target[:, :, None].expand(-1, -1, logits.shape[2])
-        return F.cross_entropy(logits.flatten(0, 2), labels.flatten())
+        target = target[..., None] if target.ndim == 2 else target
+        loss = logits.new_zeros(())
+        for g, (lo, hi) in enumerate(groups or [(0, len(txt))]):
+            labels = (target[:, :, None, g] - lo).expand(-1, -1, logits.shape[2])
+            loss = loss + F.cross_entropy(logits[..., lo:hi].flatten(0, 2), labels.flatten())
+        return loss
 
     def _pooled(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x, m = self.text_tokens(ids, mask), mask[..., None].to(torch.float32)
