@@ -244,3 +244,17 @@ def test_cell_phrases_name_each_cell_once(seed):
     assert [p.split(" at ")[1] for p in phrases] == list(CELLS)
     assert sum(not p.startswith("no objects") for p in phrases) == len(scene.objects)
     assert set(phrases) <= set(all_cell_phrases()) and len(set(all_cell_phrases())) == 9 * 49
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10**6), st.sampled_from(["phrase", "words"]))
+def test_dense_targets_point_at_each_cells_own_words(seed, kind):
+    from lab.data.tasks import cell_phrases, cell_words, dense_candidates, dense_target
+
+    scene = sample_scene(np.random.default_rng(seed), SceneConfig(min_objects=1, max_objects=4))
+    phrases, groups = dense_candidates(kind)
+    target = dense_target(scene, kind)
+    want = [[p] for p in cell_phrases(scene)] if kind == "phrase" else [list(w) for w in cell_words(scene)]
+    assert [[phrases[i] for i in row] for row in target] == want
+    for row in target:  # each answer lies in its own group
+        assert all(lo <= i < hi for i, (lo, hi) in zip(row, groups, strict=True))

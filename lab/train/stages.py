@@ -18,7 +18,7 @@ from torch import nn
 from lab.config import ConfigError
 from lab.data import Collator, LlavaJSON, SceneTasks, Shuffled, pixels
 from lab.data.collate import pad_right
-from lab.data.tasks import WORD_GROUPS, all_cell_phrases, cell_phrases, cell_words, hard_negative
+from lab.data.tasks import dense_candidates, dense_target, hard_negative
 from lab.models import VisionLanguageModel
 from lab.models.blip2_stage1 import Stage1Heads
 from lab.models.clip import ContrastiveHeads
@@ -127,24 +127,9 @@ class VisionStage(Stage):
         if self.cfg.clip.dense_weight:
             if any(s.scene is None for s in samples):
                 raise ConfigError("clip.dense_weight needs generated scenes (their cells are the targets)")
-            # every possible phrase, not just the batch's: in a batch of 32 scenes a cell's colour
-            # and size alone almost always single out its phrase, and shape would go unlearned
-            if self.cfg.clip.dense_targets == "phrase":
-                phrases, groups = all_cell_phrases(), [(0, len(all_cell_phrases()))]
-                target = [[[phrases.index(p)] for p in cell_phrases(s.scene)] for s in samples]
-            else:  # one group of words per attribute, as the per-token oracle of HISTORY.md had
-                phrases, groups = [], []
-                for words in WORD_GROUPS:
-                    groups.append((len(phrases), len(phrases) + len(words)))
-                    phrases += list(words)
-                offsets = [lo for lo, _ in groups]
-                target = [
-                    [
-                        [o + WORD_GROUPS[g].index(w) for g, (w, o) in enumerate(zip(ws, offsets, strict=True))]
-                        for ws in cell_words(s.scene)
-                    ]
-                    for s in samples
-                ]
+            kind = self.cfg.clip.dense_targets
+            phrases, groups = dense_candidates(kind)
+            target = [dense_target(s.scene, kind) for s in samples]
             tok = self.tok
             ids, mask = pad_right([[tok.bos_id] + tok.encode(p) + [tok.eos_id] for p in phrases], tok.pad_id)
             batch |= {"cell_ids": ids, "cell_mask": mask, "cell_target": torch.tensor(target)}
