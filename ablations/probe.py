@@ -177,17 +177,14 @@ def probe_model(
     return out
 
 
-def _cell_tokens(model, px: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per grid cell: its pixels and its patch tokens (random-init and trained ViT), `b 9 f`."""
-    from lab.models import VisionLanguageModel
-
-    g = model.cfg.vision.image_size // model.cfg.vision.patch_size
-    if g % 3 or model.cfg.vision.image_size % 3:
+def _cell_tokens(encoders: dict, px: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per grid cell: its pixels and each encoder's patch tokens, `b 9 f`."""
+    any_vit = next(iter(encoders.values()))
+    g = any_vit.cfg.image_size // any_vit.cfg.patch_size
+    if g % 3 or any_vit.cfg.image_size % 3:
         raise ValueError(f"cell probe needs patches aligned with the 3×3 grid; got a {g}×{g} patch grid")
-    torch.manual_seed(0)
-    fresh = VisionLanguageModel(model.cfg).vision.eval()
     out = {"pixels": rearrange(px, "b c (r h) (q w) -> b (r q) (c h w)", r=3, q=3)}
-    for name, vit in (("vit_random_init", fresh), ("vit", model.vision)):
+    for name, vit in encoders.items():
         tokens = vit(px)[:, -g * g :]  # patch tokens, CLS (if any) dropped
         out[name] = rearrange(tokens, "b (r i q j) d -> b (r q) (i j d)", r=3, i=g // 3, q=3, j=g // 3)
     return out
@@ -223,13 +220,17 @@ def cell_probe(folder: str | Path, n_fit: int = 3000, n_test: int = 1000, steps:
     linearly separable); an MLP on the cell's own features can, so this separates "the encoder
     lost it" from "a linear read-out cannot see it". Chance among objects: 1/4 shapes, 1/6 colours."""
     folder = Path(folder)
+    from lab.models.vision import VisionEncoder
+
     model = lab.load_pretrained(folder).eval()
+    torch.manual_seed(0)
+    encoders = {"vit_random_init": VisionEncoder(model.cfg.vision).eval(), "vit": model.vision}
     data = _run_data(folder).replace(stream="caption")
     feats, ys = {}, {}
     for split, n in (("train", n_fit), ("test", n_test)):
         ds = SceneTasks(data, split)
         samples = [ds[i] for i in range(n)]
-        parts = [_cell_tokens(model, pixels([s.image for s in samples[i : i + 256]])) for i in range(0, n, 256)]
+        parts = [_cell_tokens(encoders, pixels([s.image for s in samples[i : i + 256]])) for i in range(0, n, 256)]
         feats[split] = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         y = torch.tensor([[len(SHAPES), len(COLORS)]] * 9).repeat(n, 1, 1)
         for i, s in enumerate(samples):

@@ -418,7 +418,7 @@ def retrieval(model, vision_run: Path, final: Path, n: int = 64, batch: int = 32
     from safetensors.torch import load_file
 
     from lab.data import SceneDataConfig, SceneTasks, load_tokenizer, pixels
-    from lab.data.collate import pad_right
+    from lab.data.collate import text_ids
     from lab.models.clip import ClipConfig, ContrastiveHeads, retrieval_accuracy
 
     tok = load_tokenizer(final)
@@ -431,7 +431,7 @@ def retrieval(model, vision_run: Path, final: Path, n: int = 64, batch: int = 32
     with torch.no_grad():
         for i in range(0, n, batch):
             samples = [ds[j] for j in range(i, i + batch)]
-            ids, mask = pad_right([[tok.bos_id, *tok.encode(s.turns[-1][1]), tok.eos_id] for s in samples], tok.pad_id)
+            ids, mask = text_ids([s.turns[-1][1] for s in samples], tok)
             dev = next(model.parameters()).device
             image = model.vision(pixels([s.image for s in samples]).to(dev))
             accs.append(retrieval_accuracy(heads.similarity(image, ids.to(dev), mask.to(dev))))

@@ -33,6 +33,11 @@ def pad_right(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.
     return ids, mask
 
 
+def text_ids(texts: Sequence[str], tok) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts as `<bos> text <eos>` ids, right-padded, with their keep-mask (text encoders' input)."""
+    return pad_right([[tok.bos_id, *tok.encode(t), tok.eos_id] for t in texts], tok.pad_id)
+
+
 class Collator:
     def __init__(self, tokenizer, image_tokens: int, instruction: bool = False, train_on: str = "assistant") -> None:
         if train_on not in ("assistant", "all"):

@@ -8,6 +8,7 @@ Each family has several phrasings so a model must read the instruction, not memo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable
 
@@ -78,29 +79,32 @@ def cell_words(scene: Scene) -> list[tuple[str, str, str, str]]:
     return [(at[c].shape, at[c].color, at[c].size, c) if c in at else (empty, empty, empty, c) for c in CELLS]
 
 
-def dense_candidates(kind: str) -> tuple[list[str], list[tuple[int, int]]]:
+@functools.cache
+def dense_candidates(kind: str) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
     """The phrases stage 0's dense loss scores each patch token against, and their groups
     ((start, end) slices; one answer per group). Always every possible phrase, never only a batch's:
     in a batch of 32 scenes a cell's colour and size alone single out its phrase, and shape would
     go unlearned (measured, ablations/HISTORY.md)."""
     if kind == "phrase":
-        phrases = all_cell_phrases()
-        return phrases, [(0, len(phrases))]
+        phrases = tuple(all_cell_phrases())
+        return phrases, ((0, len(phrases)),)
     phrases, groups = [], []
     for words in WORD_GROUPS:
         groups.append((len(phrases), len(phrases) + len(words)))
-        phrases += list(words)
-    return phrases, groups
+        phrases += words
+    return tuple(phrases), tuple(groups)
+
+
+@functools.cache
+def _phrase_index() -> dict[str, int]:
+    return {p: i for i, p in enumerate(dense_candidates("phrase")[0])}
 
 
 def dense_target(scene: Scene, kind: str) -> list[list[int]]:
     """Per cell (reading order), the index into `dense_candidates(kind)` of each group's answer."""
     if kind == "phrase":
-        index = {p: i for i, p in enumerate(all_cell_phrases())}
-        return [[index[p]] for p in cell_phrases(scene)]
-    offsets = [0]
-    for words in WORD_GROUPS[:-1]:
-        offsets.append(offsets[-1] + len(words))
+        return [[_phrase_index()[p]] for p in cell_phrases(scene)]
+    offsets = [lo for lo, _ in dense_candidates(kind)[1]]
     return [[o + g.index(w) for g, w, o in zip(WORD_GROUPS, ws, offsets, strict=True)] for ws in cell_words(scene)]
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from lab.config import ConfigError
 from lab.data import Collator, LlavaJSON, SceneTasks, Shuffled, pixels
-from lab.data.collate import pad_right
+from lab.data.collate import text_ids
 from lab.data.tasks import dense_candidates, dense_target, hard_negative
 from lab.models import VisionLanguageModel
 from lab.models.blip2_stage1 import Stage1Heads
@@ -113,25 +113,21 @@ class VisionStage(Stage):
 
     def collate(self, samples) -> dict:
         batch = caption_batch(samples, self.tok)
-        k = self.cfg.clip.hard_negatives
+        k, dense = self.cfg.clip.hard_negatives, self.cfg.clip.dense_weight
+        if (k or dense) and any(s.scene is None for s in samples):
+            raise ConfigError("clip.hard_negatives and clip.dense_weight need generated scenes (their objects)")
         if k:
-            if any(s.scene is None for s in samples):
-                raise ConfigError("clip.hard_negatives needs generated scenes (their objects make the negatives)")
             negs = []
             for s in samples:  # seeded by the scene, so a resumed run sees the same negatives
                 rng = np.random.default_rng([s.scene.seed, 7])
                 negs += [hard_negative(s.scene, rng) for _ in range(k)]
-            tok = self.tok
-            ids, mask = pad_right([[tok.bos_id] + tok.encode(t) + [tok.eos_id] for t in negs], tok.pad_id)
+            ids, mask = text_ids(negs, self.tok)
             batch |= {"negative_ids": ids, "negative_mask": mask}
-        if self.cfg.clip.dense_weight:
-            if any(s.scene is None for s in samples):
-                raise ConfigError("clip.dense_weight needs generated scenes (their cells are the targets)")
+        if dense:
             kind = self.cfg.clip.dense_targets
             phrases, groups = dense_candidates(kind)
             target = [dense_target(s.scene, kind) for s in samples]
-            tok = self.tok
-            ids, mask = pad_right([[tok.bos_id] + tok.encode(p) + [tok.eos_id] for p in phrases], tok.pad_id)
+            ids, mask = text_ids(phrases, self.tok)
             batch |= {"cell_ids": ids, "cell_mask": mask, "cell_target": torch.tensor(target)}
             batch["cell_groups"] = torch.tensor(groups)
         return batch
@@ -233,7 +229,7 @@ class InstructStage(Stage):
 
 def caption_batch(samples, tok) -> dict:
     """Images and `<bos> caption <eos>` ids (for the contrastive and stage-1 text sides)."""
-    ids, mask = pad_right([[tok.bos_id] + tok.encode(s.turns[-1][1]) + [tok.eos_id] for s in samples], tok.pad_id)
+    ids, mask = text_ids([s.turns[-1][1] for s in samples], tok)
     return {"pixel_values": pixels([s.image for s in samples]), "input_ids": ids, "attention_mask": mask}
 
 
