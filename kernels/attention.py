@@ -39,12 +39,11 @@ class _Attention(torch.autograd.Function):
         out = torch.empty_like(q)
         lse = torch.empty(b * num_heads * nq, device=q.device, dtype=torch.float32)
         mask_t = None if mask is None else mask.to(torch.int8).contiguous()
-        ptrs, strides, sizes, consts = _launch_args(
+        kv, mask_p, strides, sizes, consts = _launch_args(
             q, k, v, x, wk, bk, wv, bv, mask_t, num_heads, scale, q_strides, nq, nk, d
         )
         grid = (triton.cdiv(nq, consts["BLOCK_M"]), b * num_heads)
-        # O has Q's layout, so its strides are q_strides again.
-        attn_fwd[grid](*ptrs, out, lse, *strides, *q_strides, *sizes, **consts)
+        attn_fwd[grid](q, kv, mask_p, out, lse, *strides, *sizes, **consts)  # O: empty_like(q), Q's strides
         launches["attn_fwd_projected" if project else "attn_fwd"] += 1
         ctx.save_for_backward(q, k, v, x, wk, bk, wv, bv, mask_t, out, lse)  # never K/V when projecting
         ctx.cfg = (num_heads, scale, q_strides, nq, nk, d)
@@ -72,15 +71,14 @@ class _Attention(torch.autograd.Function):
             dv = torch.empty_like(dk)
             dk_strides = dk.stride()
         dq = torch.empty_like(q)
-        ptrs, strides, sizes, consts = _launch_args(
+        kv, mask_p, strides, sizes, consts = _launch_args(
             q, k, v, x, wk, bk, wv, bv, mask_t, num_heads, scale, q_strides, nq, nk, d
         )
-        ptrs = (*ptrs, dout, lse, delta)
-        strides = (*strides, *q_strides)  # dO has Q's layout
+        common = (q, kv, mask_p, dout, lse, delta)  # dO and dQ have Q's strides, dV dK's
         grid_kv = (triton.cdiv(nk, consts["BLOCK_N"]), b * num_heads)
-        attn_bwd_dkdv[grid_kv](*ptrs, dk, dv, *strides, *dk_strides, *sizes, **consts)
+        attn_bwd_dkdv[grid_kv](*common, dk, dv, *strides, tuple(dk_strides), *sizes, **consts)
         grid_q = (triton.cdiv(nq, consts["BLOCK_M"]), b * num_heads)
-        attn_bwd_dq[grid_q](*ptrs, dq, *strides, *sizes, **consts)
+        attn_bwd_dq[grid_q](*common, dq, *strides, *sizes, **consts)
         launches["attn_bwd"] += 1
         if not project:
             return dq, dk, dv, *([None] * 12)
@@ -92,24 +90,24 @@ class _Attention(torch.autograd.Function):
 
 
 def _launch_args(q, k, v, x, wk, bk, wv, bv, mask_t, num_heads, scale, q_strides, nq, nk, d):
-    """The arguments every attention kernel shares: (pointers, strides, sizes, constexprs).
+    """What every attention kernel shares: KV = (K, V, X, WK, BK, WV, BV), the mask pointer, the
+    stride tuples (sq, skv, sm), the sizes and the constexprs (layout: attention_triton's docstring).
 
-    Pointers are Q, K, V, X, WK, BK, WV, BV, MASK; unused ones point at a real tensor so Triton
-    gets a valid address. Strides are Q's, K's, V's, X's, W's and the mask's."""
+    Unused pointers point at a real tensor with zero strides, so Triton gets a valid address."""
     project = x is not None
     ref = x if project else q
     if project:
-        ptrs = (q, ref, ref, x, wk, bk, wv, bv)
-        kv_strides = (0,) * 8 + (x.stride(0), x.stride(1), x.stride(2), wk.stride(0), wk.stride(1))
+        kv = (ref, ref, x, wk, bk, wv, bv)
+        skv = ((0,) * 4, (0,) * 4, tuple(x.stride()), tuple(wk.stride()))
         dx = x.shape[-1]
     else:
-        ptrs = (q, k, v, ref, ref, ref, ref, ref)
-        kv_strides = (*k.stride(), *v.stride(), 0, 0, 0, 0, 0)
+        kv = (k, v, ref, ref, ref, ref, ref)
+        skv = (tuple(k.stride()), tuple(v.stride()), (0,) * 3, (0,) * 2)
         dx = 0
-    mask_strides = (0, 0) if mask_t is None else mask_t.stride()
-    ptrs = (*ptrs, ref if mask_t is None else mask_t)
+    sm = (0, 0) if mask_t is None else tuple(mask_t.stride())
     consts = dict(HAS_MASK=mask_t is not None, PROJECT=project, PREC=dot_precision(q.dtype), **_blocks(nq, d))
-    return ptrs, (*q_strides, *kv_strides, *mask_strides), (num_heads, nq, nk, d, dx, scale), consts
+    mask_p = ref if mask_t is None else mask_t
+    return kv, mask_p, (tuple(q_strides), skv, sm), (num_heads, nq, nk, d, dx, scale), consts
 
 
 def _check_mask(mask, b, nk):

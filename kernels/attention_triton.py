@@ -1,7 +1,16 @@
 """Triton kernels for cross-attention, FlashAttention-style (online softmax, log-sum-exp saved for
 the backward pass). With PROJECT=True the keys and values are computed inside the kernel from the
 image features x and the K/V weights, block by block, so K and V never exist in memory; the
-backward kernels recompute them the same way."""
+backward kernels recompute them the same way.
+
+Arguments are grouped as the Triton tutorials group them, with strides passed as tuples:
+  pointers  Q, O, DO, DQ (b h m d, all with Q's strides `sq`); KV = (K, V, X, WK, BK, WV, BV);
+            MASK (b n, int8, nonzero = keep); LSE, DELTA (b·h·m, fp32)
+  strides   skv = (K's (b h n d), V's (b h n d), X's (b n k), W's (n k), shared by WK and WV, both
+            contiguous); sm (b n); sdk (b h n d), shared by DK and DV
+  sizes     H heads, NQ queries, NK keys, D head dim, DX width of x (PROJECT only)
+Unused pointers (K, V when projecting; X, W when not) point at a real tensor with zero strides.
+"""
 
 from __future__ import annotations
 
@@ -10,102 +19,55 @@ import triton.language as tl
 
 
 @triton.jit
-def _project(
-    X,
-    W,
-    Bias,
-    b,
-    h,
-    offs_n,
-    offs_d,
-    NK,
-    D,
-    DX,
-    sxb,
-    sxn,
-    sxk,
-    swn,
-    swk,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    PREC: tl.constexpr,
-):
+def _tile(s, b, h, offs_r, offs_d, NR, D):
+    """Offsets and mask of the [rows, D] tile (b, h, offs_r, offs_d) of a (b, h, r, d) tensor with strides s."""
+    at = b * s[0] + h * s[1] + offs_r[:, None] * s[2] + offs_d[None, :] * s[3]
+    return at, (offs_r[:, None] < NR) & (offs_d[None, :] < D)
+
+
+@triton.jit
+def _project(X, W, Bias, sx, sw, b, h, offs_n, offs_d, NK, D, DX, BLOCK_N, BLOCK_D, BLOCK_K, PREC):  # fmt: skip
     """One head's K (or V) rows `offs_n`: x[b, n, :] @ W[h*D + d, :]ᵀ + bias, as fp32 [BLOCK_N, BLOCK_D]."""
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for k0 in range(0, DX, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        xb = tl.load(
-            X + b * sxb + offs_n[:, None] * sxn + offs_k[None, :] * sxk,
-            mask=(offs_n[:, None] < NK) & (offs_k[None, :] < DX),
-            other=0.0,
-        )
-        wb = tl.load(
-            W + (h * D + offs_d)[None, :] * swn + offs_k[:, None] * swk,
-            mask=(offs_d[None, :] < D) & (offs_k[:, None] < DX),
-            other=0.0,
-        )
+        x_ptr = X + b * sx[0] + offs_n[:, None] * sx[1] + offs_k[None, :] * sx[2]
+        xb = tl.load(x_ptr, mask=(offs_n[:, None] < NK) & (offs_k[None, :] < DX), other=0.0)
+        w_ptr = W + (h * D + offs_d)[None, :] * sw[0] + offs_k[:, None] * sw[1]
+        wb = tl.load(w_ptr, mask=(offs_d[None, :] < D) & (offs_k[:, None] < DX), other=0.0)
         acc += tl.dot(xb, wb, input_precision=PREC)
     bias = tl.load(Bias + h * D + offs_d, mask=offs_d < D, other=0.0).to(tl.float32)
     return acc + bias[None, :]
 
 
 @triton.jit
-def _load_kv(
-    K,
-    V,
-    X,
-    WK,
-    BK,
-    WV,
-    BV,
-    b,
-    h,
-    offs_n,
-    offs_d,
-    NK,
-    D,
-    DX,
-    skb,
-    skh,
-    skn,
-    skd,
-    svb,
-    svh,
-    svn,
-    svd,
-    sxb,
-    sxn,
-    sxk,
-    swn,
-    swk,
-    PROJECT: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    PREC: tl.constexpr,
-):
+def _load_kv(KV, skv, b, h, offs_n, offs_d, NK, D, DX, PROJECT, BLOCK_N, BLOCK_D, BLOCK_K, PREC):  # fmt: skip
+    """The K and V tiles [BLOCK_N, BLOCK_D] of keys `offs_n`: loaded, or projected from x (PROJECT)."""
+    K, V, X, WK, BK, WV, BV = KV
+    sk, sv, sx, sw = skv
     if PROJECT:
-        k = _project(
-            X, WK, BK, b, h, offs_n, offs_d, NK, D, DX, sxb, sxn, sxk, swn, swk, BLOCK_N, BLOCK_D, BLOCK_K, PREC
-        ).to(X.dtype.element_ty)
-        v = _project(
-            X, WV, BV, b, h, offs_n, offs_d, NK, D, DX, sxb, sxn, sxk, swn, swk, BLOCK_N, BLOCK_D, BLOCK_K, PREC
-        ).to(X.dtype.element_ty)
-    else:
-        kv_mask = (offs_n[:, None] < NK) & (offs_d[None, :] < D)
-        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
-    return k, v
+        k = _project(X, WK, BK, sx, sw, b, h, offs_n, offs_d, NK, D, DX, BLOCK_N, BLOCK_D, BLOCK_K, PREC)
+        v = _project(X, WV, BV, sx, sw, b, h, offs_n, offs_d, NK, D, DX, BLOCK_N, BLOCK_D, BLOCK_K, PREC)
+        return k.to(X.dtype.element_ty), v.to(X.dtype.element_ty)
+    k_at, kv_mask = _tile(sk, b, h, offs_n, offs_d, NK, D)
+    v_at, _ = _tile(sv, b, h, offs_n, offs_d, NK, D)
+    return tl.load(K + k_at, mask=kv_mask, other=0.0), tl.load(V + v_at, mask=kv_mask, other=0.0)
 
 
 @triton.jit
-def _key_valid(MASK, b, offs_n, NK, smb, smn, HAS_MASK: tl.constexpr):
+def _key_valid(MASK, sm, b, offs_n, NK, HAS_MASK: tl.constexpr):
     valid = offs_n < NK
     if HAS_MASK:
-        keep = tl.load(MASK + b * smb + offs_n * smn, mask=valid, other=0)
+        keep = tl.load(MASK + b * sm[0] + offs_n * sm[1], mask=valid, other=0)
         valid = valid & (keep != 0)
     return valid
+
+
+@triton.jit
+def _row_stats(LSE, DELTA, pid_bh, offs_m, NQ):
+    """The saved log-sum-exp and δ of queries `offs_m` (both [BLOCK_M], fp32)."""
+    at = pid_bh * NQ + offs_m
+    return tl.load(LSE + at, mask=offs_m < NQ, other=0.0), tl.load(DELTA + at, mask=offs_m < NQ, other=0.0)
 
 
 # ---- forward -------------------------------------------------------------------------------
@@ -121,102 +83,26 @@ def _key_valid(MASK, b, offs_n, NK, smb, smn, HAS_MASK: tl.constexpr):
 # running m, l [BLOCK_M] and accumulator [BLOCK_M, BLOCK_D] in fp32. Grid: (query blocks, B·H).
 @triton.jit
 def attn_fwd(
-    Q,
-    K,
-    V,
-    X,
-    WK,
-    BK,
-    WV,
-    BV,
-    MASK,
-    O,
-    LSE,
-    sqb,
-    sqh,
-    sqm,
-    sqd,
-    skb,
-    skh,
-    skn,
-    skd,
-    svb,
-    svh,
-    svn,
-    svd,
-    sxb,
-    sxn,
-    sxk,
-    swn,
-    swk,
-    smb,
-    smn,
-    sob,
-    soh,
-    som,
-    sod,
-    H,
-    NQ,
-    NK,
-    D,
-    DX,
-    scale,
-    HAS_MASK: tl.constexpr,
-    PROJECT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    PREC: tl.constexpr,
-):
+    Q, KV, MASK, O, LSE,
+    sq, skv, sm,
+    H, NQ, NK, D, DX, scale,
+    HAS_MASK: tl.constexpr, PROJECT: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh // H, pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q_mask = (offs_m[:, None] < NQ) & (offs_d[None, :] < D)
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=q_mask, other=0.0)
+    q_at, q_mask = _tile(sq, b, h, offs_m, offs_d, NQ, D)
+    q = tl.load(Q + q_at, mask=q_mask, other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start in range(0, NK, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        k, v = _load_kv(
-            K,
-            V,
-            X,
-            WK,
-            BK,
-            WV,
-            BV,
-            b,
-            h,
-            offs_n,
-            offs_d,
-            NK,
-            D,
-            DX,
-            skb,
-            skh,
-            skn,
-            skd,
-            svb,
-            svh,
-            svn,
-            svd,
-            sxb,
-            sxn,
-            sxk,
-            swn,
-            swk,
-            PROJECT,
-            BLOCK_N,
-            BLOCK_D,
-            BLOCK_K,
-            PREC,
-        )
+        k, v = _load_kv(KV, skv, b, h, offs_n, offs_d, NK, D, DX, PROJECT, BLOCK_N, BLOCK_D, BLOCK_K, PREC)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
-        valid = _key_valid(MASK, b, offs_n, NK, smb, smn, HAS_MASK)
-        s = tl.where(valid[None, :], s, float("-inf"))
+        s = tl.where(_key_valid(MASK, sm, b, offs_n, NK, HAS_MASK)[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key seen yet: avoid inf - inf
         p = tl.exp(s - m_safe[:, None])
@@ -224,10 +110,7 @@ def attn_fwd(
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
-    out = acc / l_i[:, None]
-    tl.store(
-        O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, out.to(O.dtype.element_ty), mask=q_mask
-    )
+    tl.store(O + q_at, (acc / l_i[:, None]).to(O.dtype.element_ty), mask=q_mask)  # O has Q's strides
     tl.store(LSE + pid_bh * NQ + offs_m, m_i + tl.log(l_i), mask=offs_m < NQ)
 
 
@@ -245,230 +128,60 @@ def attn_fwd(
 # and input gradients follow outside as dense GEMMs: dx = dK Wk + dV Wv, dWk = dKᵀ x, dbk = Σ dK.
 @triton.jit
 def attn_bwd_dkdv(
-    Q,
-    K,
-    V,
-    X,
-    WK,
-    BK,
-    WV,
-    BV,
-    MASK,
-    DO,
-    LSE,
-    DELTA,
-    DK,
-    DV,
-    sqb,
-    sqh,
-    sqm,
-    sqd,
-    skb,
-    skh,
-    skn,
-    skd,
-    svb,
-    svh,
-    svn,
-    svd,
-    sxb,
-    sxn,
-    sxk,
-    swn,
-    swk,
-    smb,
-    smn,
-    sdob,
-    sdoh,
-    sdom,
-    sdod,
-    sdkb,
-    sdkh,
-    sdkn,
-    sdkd,
-    H,
-    NQ,
-    NK,
-    D,
-    DX,
-    scale,
-    HAS_MASK: tl.constexpr,
-    PROJECT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    PREC: tl.constexpr,
-):
+    Q, KV, MASK, DO, LSE, DELTA, DK, DV,
+    sq, skv, sm, sdk,
+    H, NQ, NK, D, DX, scale,
+    HAS_MASK: tl.constexpr, PROJECT: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
     """dK, dV for one block of keys, looping over all queries (K, V recomputed when PROJECT)."""
     pid_n, pid_bh = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh // H, pid_bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    k, v = _load_kv(
-        K,
-        V,
-        X,
-        WK,
-        BK,
-        WV,
-        BV,
-        b,
-        h,
-        offs_n,
-        offs_d,
-        NK,
-        D,
-        DX,
-        skb,
-        skh,
-        skn,
-        skd,
-        svb,
-        svh,
-        svn,
-        svd,
-        sxb,
-        sxn,
-        sxk,
-        swn,
-        swk,
-        PROJECT,
-        BLOCK_N,
-        BLOCK_D,
-        BLOCK_K,
-        PREC,
-    )
-    valid = _key_valid(MASK, b, offs_n, NK, smb, smn, HAS_MASK)
+    k, v = _load_kv(KV, skv, b, h, offs_n, offs_d, NK, D, DX, PROJECT, BLOCK_N, BLOCK_D, BLOCK_K, PREC)
+    valid = _key_valid(MASK, sm, b, offs_n, NK, HAS_MASK)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for start in range(0, NQ, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
-        q_mask = (offs_m[:, None] < NQ) & (offs_d[None, :] < D)
-        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=q_mask, other=0.0)
-        do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdom + offs_d[None, :] * sdod, mask=q_mask, other=0.0)
-        lse = tl.load(LSE + pid_bh * NQ + offs_m, mask=offs_m < NQ, other=0.0)
-        delta = tl.load(DELTA + pid_bh * NQ + offs_m, mask=offs_m < NQ, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
-        p = tl.exp(s - lse[:, None])
+        q_at, q_mask = _tile(sq, b, h, offs_m, offs_d, NQ, D)
+        q = tl.load(Q + q_at, mask=q_mask, other=0.0)
+        do = tl.load(DO + q_at, mask=q_mask, other=0.0)  # dO has Q's strides
+        lse, delta = _row_stats(LSE, DELTA, pid_bh, offs_m, NQ)
+        p = tl.exp(tl.dot(q, tl.trans(k), input_precision=PREC) * scale - lse[:, None])
         p = tl.where(valid[None, :] & (offs_m[:, None] < NQ), p, 0.0)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
+        ds = p * (tl.dot(do, tl.trans(v), input_precision=PREC) - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
-    kv_mask = (offs_n[:, None] < NK) & (offs_d[None, :] < D)
-    ptr = b * sdkb + h * sdkh + offs_n[:, None] * sdkn + offs_d[None, :] * sdkd
-    tl.store(DK + ptr, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + ptr, dv.to(DV.dtype.element_ty), mask=kv_mask)
+    dk_at, kv_mask = _tile(sdk, b, h, offs_n, offs_d, NK, D)
+    tl.store(DK + dk_at, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + dk_at, dv.to(DV.dtype.element_ty), mask=kv_mask)  # DV has DK's strides
 
 
 @triton.jit
 def attn_bwd_dq(
-    Q,
-    K,
-    V,
-    X,
-    WK,
-    BK,
-    WV,
-    BV,
-    MASK,
-    DO,
-    LSE,
-    DELTA,
-    DQ,
-    sqb,
-    sqh,
-    sqm,
-    sqd,
-    skb,
-    skh,
-    skn,
-    skd,
-    svb,
-    svh,
-    svn,
-    svd,
-    sxb,
-    sxn,
-    sxk,
-    swn,
-    swk,
-    smb,
-    smn,
-    sdob,
-    sdoh,
-    sdom,
-    sdod,
-    H,
-    NQ,
-    NK,
-    D,
-    DX,
-    scale,
-    HAS_MASK: tl.constexpr,
-    PROJECT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    PREC: tl.constexpr,
-):
-    """dQ for one block of queries, looping over all keys. DQ has Q's strides."""
+    Q, KV, MASK, DO, LSE, DELTA, DQ,
+    sq, skv, sm,
+    H, NQ, NK, D, DX, scale,
+    HAS_MASK: tl.constexpr, PROJECT: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """dQ for one block of queries, looping over all keys. DQ and DO have Q's strides."""
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh // H, pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q_mask = (offs_m[:, None] < NQ) & (offs_d[None, :] < D)
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=q_mask, other=0.0)
-    do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdom + offs_d[None, :] * sdod, mask=q_mask, other=0.0)
-    lse = tl.load(LSE + pid_bh * NQ + offs_m, mask=offs_m < NQ, other=0.0)
-    delta = tl.load(DELTA + pid_bh * NQ + offs_m, mask=offs_m < NQ, other=0.0)
+    q_at, q_mask = _tile(sq, b, h, offs_m, offs_d, NQ, D)
+    q = tl.load(Q + q_at, mask=q_mask, other=0.0)
+    do = tl.load(DO + q_at, mask=q_mask, other=0.0)
+    lse, delta = _row_stats(LSE, DELTA, pid_bh, offs_m, NQ)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start in range(0, NK, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        k, v = _load_kv(
-            K,
-            V,
-            X,
-            WK,
-            BK,
-            WV,
-            BV,
-            b,
-            h,
-            offs_n,
-            offs_d,
-            NK,
-            D,
-            DX,
-            skb,
-            skh,
-            skn,
-            skd,
-            svb,
-            svh,
-            svn,
-            svd,
-            sxb,
-            sxn,
-            sxk,
-            swn,
-            swk,
-            PROJECT,
-            BLOCK_N,
-            BLOCK_D,
-            BLOCK_K,
-            PREC,
-        )
-        valid = _key_valid(MASK, b, offs_n, NK, smb, smn, HAS_MASK)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
-        p = tl.where(valid[None, :], tl.exp(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
+        k, v = _load_kv(KV, skv, b, h, offs_n, offs_d, NK, D, DX, PROJECT, BLOCK_N, BLOCK_D, BLOCK_K, PREC)
+        valid = _key_valid(MASK, sm, b, offs_n, NK, HAS_MASK)
+        p = tl.where(valid[None, :], tl.exp(tl.dot(q, tl.trans(k), input_precision=PREC) * scale - lse[:, None]), 0.0)
+        ds = p * (tl.dot(do, tl.trans(v), input_precision=PREC) - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
-    tl.store(
-        DQ + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-        (dq * scale).to(DQ.dtype.element_ty),
-        mask=q_mask,
-    )
+    tl.store(DQ + q_at, (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
