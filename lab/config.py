@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 
 class ConfigError(ValueError):
@@ -16,12 +16,21 @@ class ConfigError(ValueError):
 class Config:
     """Base for every module config. Subclasses are plain dataclasses with typed defaults."""
 
+    # Keys renamed since run folders were first written: {old: new}. An old key is read as the new
+    # one, so older run folders still load; giving both is an error.
+    RENAMED: ClassVar[dict[str, str]] = {}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Self:
         data = dict(data or {})
+        for old, new in cls.RENAMED.items():
+            if old in data:
+                if new in data:
+                    raise ConfigError(f"{cls.__name__}: give {new!r} only ({old!r} is its old name)")
+                data[new] = data.pop(old)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:

@@ -29,6 +29,9 @@ def test_paired_verdicts():
     same = _runs({"a": [0.7, 0.71, 0.7], "b": [0.7, 0.7, 0.71]})
     assert paired(same, "a", "b", "held_in_acc", 0, "c", "")["verdict"] == "reproduced"
     assert paired(clear_up, "a", "b", "held_in_acc", 0, "c", "")["verdict"] == "contradicted"
+    # "no difference" must be shown: a noisy difference that is not clear is not a reproduction
+    loose = _runs({"a": [0.9, 0.7, 0.85], "b": [0.72, 0.71, 0.7]})
+    assert paired(loose, "a", "b", "held_in_acc", 0, "c", "")["verdict"] == "inconclusive"
 
 
 def test_gap_closes_uses_the_difference_of_gaps():

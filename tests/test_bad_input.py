@@ -112,16 +112,76 @@ def test_lab_debug_shows_the_traceback(tmp_path, monkeypatch):
         main([*QUICK, "--out", str(tmp_path / "run"), "optim.lr=0"])
 
 
-def test_llava_data_problems_stop_the_run_before_step_1(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ("broken_image", "record 3: image"),
+        ("missing", "record 1: image"),
+        ("no_image_token", "record 2: an image but not exactly one <image>"),
+        ("empty", "holds no records"),
+        ("text_only", "record 1: no 'image', among records with images"),
+        ("not_alternating", "2 of 4 records are unusable (record 0: turns must alternate"),
+        ("not_json", "is not valid JSON (line 1, column 3: Expecting property name"),
+        ("no_file", "LLaVA data file"),
+    ],
+)
+def test_llava_data_problems_stop_the_run_before_step_1(tmp_path, capsys, bad, message):
     from tests.test_data import make_llava_folder
 
-    path, images = make_llava_folder(tmp_path / "d", bad="broken_image")
+    path, images = make_llava_folder(tmp_path / "d", bad=None if bad in ("not_json", "no_file") else bad)
+    if bad == "not_json":
+        path.write_text("[{'image': 'single quotes'}]")
+    if bad == "no_file":
+        path.unlink()
+    before = path.read_bytes() if path.exists() else None
     out = tmp_path / "run"
     code, line = run(
         capsys, "train", "--stage", "instruct", "--quick", "--max-steps", "2", "--no-progress",
         "--data", str(path), "--image-folder", str(images), "--out", str(out),
     )  # fmt: skip
-    assert code == 1 and "record 3: image" in line and "does not open" in line, line
-    assert not (out / "metrics.jsonl").exists()
+    assert code == 1 and line.startswith("error: ") and message in line, line
+    assert not any(p.name != ".lock" for p in out.rglob("*")), "nothing may be written"
+    assert (path.read_bytes() if path.exists() else None) == before  # the data file is read, never rewritten
+
+
+def _llava_with_long_records(root, before_image: bool):
+    from tests.test_data import make_llava_folder
+
+    path, images = make_llava_folder(root)
     records = json.loads(path.read_text())
-    assert len(records) == 4  # the data file is read, never rewritten
+    long = "what color is it " * 12  # 48 words: longer than 40 positions with the image's 8 tokens
+    for i in (1, 2):
+        records[i]["conversations"][0]["value"] = long + "<image>" if before_image else "<image>\n" + long
+    path.write_text(json.dumps(records))
+    return path, images
+
+
+def _train_llava(capsys, path, images, out, *extra):
+    return run(
+        capsys, "train", "--stage", "instruct", "--quick", "--max-steps", "2", "--no-progress", "batch_size=4",
+        "--data", str(path), "--image-folder", str(images), "--out", str(out), "model.llm.max_position_embeddings=40",
+        *extra,
+    )  # fmt: skip
+
+
+def test_llava_records_longer_than_the_llm_are_named_before_step_1(tmp_path, capsys):
+    path, images = _llava_with_long_records(tmp_path / "d", before_image=False)
+    out = tmp_path / "run"
+    code, line = _train_llava(capsys, path, images, out)
+    assert code == 1 and "2 of 4 records are too long" in line, line
+    assert "record 1: 73 tokens > the LLM's 40 positions" in line and "data.truncate=true" in line, line
+    assert not any(p.name != ".lock" for p in out.rglob("*")), "nothing may be written"
+
+
+def test_data_truncate_cuts_long_records_and_says_how_many(tmp_path, capsys, caplog):
+    path, images = _llava_with_long_records(tmp_path / "d", before_image=False)
+    with caplog.at_level("INFO", logger="lab"):
+        code, line = _train_llava(capsys, path, images, tmp_path / "run", "data.truncate=true")
+    assert code == 0, line
+    assert "data.truncate: 2 of 4 records cut to 40 tokens" in caplog.text
+
+
+def test_truncation_never_splits_the_image_placeholders(tmp_path, capsys):
+    path, images = _llava_with_long_records(tmp_path / "d", before_image=True)
+    code, line = _train_llava(capsys, path, images, tmp_path / "run", "data.truncate=true")
+    assert code == 1 and "cutting to 40 would split the image's placeholders" in line, line

@@ -18,7 +18,7 @@ OVERRIDES = {
         lambda: F.blip2(instruct=True),
         {"connector": {"qformer": {"attn_impl": "triton", "attention_dropout": 0.0}}},
     ),
-    "llava": (lambda: F.llava(), {"connector": {"impl": "triton"}}),
+    "llava": (lambda: F.llava(), {"connector": {"mlp_impl": "triton"}}),
 }
 
 

@@ -252,3 +252,10 @@ def test_dense_clip_loss_scores_each_patch_against_its_cell_phrase():
     aligned = aligned.repeat_interleave(2, 1).repeat_interleave(2, 2).flatten(1, 2)
     good = heads.dense_loss(torch.cat([torch.zeros(2, 1, 16), aligned], 1), ids, mask, target)
     assert good < heads.dense_loss(torch.cat([torch.zeros(2, 1, 16), aligned.flip(1)], 1), ids, mask, target)
+
+
+def test_renamed_config_key_still_loads_and_both_names_are_refused():
+    """`connector.impl` became `connector.mlp_impl`: older run folders load, mixing both is an error."""
+    assert ConnectorConfig.from_dict({"kind": "mlp", "impl": "triton"}).mlp_impl == "triton"
+    with pytest.raises(ConfigError, match="give 'mlp_impl' only"):
+        ConnectorConfig.from_dict({"kind": "mlp", "impl": "triton", "mlp_impl": "eager"})

@@ -428,3 +428,18 @@ def test_lab_command_generate_and_errors(stage0, tmp_path, capsys):
     assert main(["frobnicate"]) == 2
     assert main(["train", "--stage", "lm", "--out", str(tmp_path / "r"), "--model.connector", "bogus"]) == 2
     assert "allowed" in capsys.readouterr().err
+
+
+def test_one_qformer_default_whatever_the_route(tmp_path):
+    """`--model.connector qformer` after a linear connector (from the CLI or from a YAML file) gives
+    QFormerConfig's defaults, the same Q-Former ConnectorConfig fills in on its own."""
+    from lab.models import ConnectorConfig, QFormerConfig
+
+    cli = build_config("instruct", overrides={"model.connector": "linear", "model.connector.kind": "qformer"})
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("model:\n  connector:\n    kind: linear\n")
+    from_yaml = build_config("instruct", config_file=str(yaml_file), overrides={"model.connector": "qformer"})
+    alone = ConnectorConfig(kind="qformer").qformer
+    assert cli.model.connector.qformer == from_yaml.model.connector.qformer == alone == QFormerConfig()
+    preset = build_config("instruct").model.connector.qformer
+    assert preset == QFormerConfig(instruction_aware=True)  # the preset differs by that one choice only

@@ -38,11 +38,27 @@ def text_ids(texts: Sequence[str], tok) -> tuple[torch.Tensor, torch.Tensor]:
     return pad_right([[tok.bos_id, *tok.encode(t), tok.eos_id] for t in texts], tok.pad_id)
 
 
+class SequenceTooLong(ValueError):
+    """A training sequence longer than the LLM's positions (and not truncatable, or not allowed to be)."""
+
+
 class Collator:
-    def __init__(self, tokenizer, image_tokens: int, instruction: bool = False, train_on: str = "assistant") -> None:
+    """`max_length` (the LLM's positions) bounds training sequences: a longer one is an error, or,
+    with `truncate`, cut at its end (never through the image's placeholders)."""
+
+    def __init__(
+        self,
+        tokenizer,
+        image_tokens: int,
+        instruction: bool = False,
+        train_on: str = "assistant",
+        max_length: int | None = None,
+        truncate: bool = False,
+    ) -> None:
         if train_on not in ("assistant", "all"):
             raise ValueError(f"train_on={train_on!r}; choose 'assistant' or 'all'")
         self.tok, self.image_tokens, self.instruction, self.train_on = tokenizer, image_tokens, instruction, train_on
+        self.max_length, self.truncate = max_length, truncate
         self.user, self.assistant = tokenizer.encode("user :"), tokenizer.encode("assistant :")
 
     def _human(self, text: str, has_image: bool) -> list[int]:
@@ -56,7 +72,20 @@ class Collator:
         return ids[:i] + [self.tok.image_id] * (self.image_tokens if n else 0) + ids[i + 1 :]
 
     def encode(self, sample: Sample, prompt_only: bool = False) -> tuple[list[int], list[int]]:
-        """(ids, labels). prompt_only: stop after the last human turn's 'assistant :'."""
+        """(ids, labels), within `max_length` for training. prompt_only: stop after the last human
+        turn's 'assistant :' (generation: the LLM itself refuses a prompt beyond its positions)."""
+        ids, labels = self.encode_full(sample, prompt_only)
+        n = self.max_length
+        if prompt_only or n is None or len(ids) <= n:
+            return ids, labels
+        if not self.truncate:
+            raise SequenceTooLong(f"{len(ids)} tokens > the LLM's {n} positions")
+        if ids[:n].count(self.tok.image_id) != (self.image_tokens if sample.image is not None else 0):
+            raise SequenceTooLong(f"{len(ids)} tokens; cutting to {n} would split the image's placeholders")
+        return ids[:n], labels[:n]
+
+    def encode_full(self, sample: Sample, prompt_only: bool = False) -> tuple[list[int], list[int]]:
+        """(ids, labels) however long."""
         ids, labels = [self.tok.bos_id], [IGNORE]
         turns = sample.turns[:-1] if prompt_only else sample.turns
         first = True
@@ -109,3 +138,26 @@ class Collator:
                 instr = [self.instruction_of(s) for s in samples]
                 batch["instruction_ids"], batch["instruction_mask"] = pad_right(instr, pad)
         return batch
+
+
+def check_lengths(data, collator: Collator, name: str) -> int:
+    """Every record of a finite data set (`data.text_sample(i)`: its turns, no image decoded)
+    against the collator's `max_length`, before step 1. Too long without `truncate`, or not
+    cuttable: one error naming the first five records, their lengths, and how many in all.
+    Returns how many records `truncate` will cut (the caller logs it)."""
+    if collator.max_length is None:
+        return 0
+    bad, cut = [], 0
+    for i in range(len(data)):
+        n = len(collator.encode_full(data.text_sample(i))[0])
+        if n <= collator.max_length:
+            continue
+        try:
+            collator.encode(data.text_sample(i))
+            cut += 1
+        except SequenceTooLong as e:
+            bad.append(f"record {i}: {e}")
+    if bad:
+        hint = "" if collator.truncate else "; set data.truncate=true to cut them"
+        raise SequenceTooLong(f"{name}: {len(bad)} of {len(data)} records are too long ({'; '.join(bad[:5])}){hint}")
+    return cut

@@ -43,6 +43,9 @@ class SceneDataConfig(Config):
     # Llama alike), while with the question first its loss reaches 0 in 500 steps: reading the
     # scene already knowing what is asked is a two-hop lookup instead of a three-hop one.
     question_first: bool = True
+    # LLaVA JSON: a conversation longer than the LLM's positions is an error naming it; with
+    # truncate, it is cut at its end (the count is logged). Scene samples are always short.
+    truncate: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.scene, dict):
@@ -89,6 +92,30 @@ class SceneTasks:
         return Sample(image, [("human", text), ("gpt", answer)], family, scene)
 
 
+def read_llava_records(path: str | Path) -> list:
+    """The JSON list of a LLaVA file; a missing file, bad JSON or no records is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LLaVA data file {path} does not exist")
+    try:
+        records = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" (line {e.lineno}, column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
+        raise ValueError(f"{path} is not valid JSON{where}") from None
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{path} holds no records: an empty data set cannot be trained on")
+    return records
+
+
+def llava_texts(records: list):
+    """Every turn's text, skipping malformed records (the loader names those): a tokenizer's corpus."""
+    for r in records:
+        turns = r.get("conversations") if isinstance(r, dict) else None
+        for t in turns if isinstance(turns, list) else ():
+            if isinstance(t, dict) and isinstance(t.get("value"), str):
+                yield t["value"]
+
+
 class LlavaJSON:
     """LLaVA's instruction format: a JSON list of {"image", "conversations": [{"from", "value"}]}.
 
@@ -97,11 +124,7 @@ class LlavaJSON:
 
     def __init__(self, path: str | Path, image_folder: str | Path, image_size: int) -> None:
         path, folder = Path(path), Path(image_folder)
-        if not path.exists():
-            raise FileNotFoundError(f"LLaVA data file {path} does not exist")
-        records = json.loads(path.read_text())
-        if not isinstance(records, list) or not records:
-            raise ValueError(f"{path} holds no records: an empty data set cannot be trained on")
+        records = read_llava_records(path)
         self.records, self.folder, self.image_size = records, folder, image_size
         bad = [(i, why) for i, r in enumerate(records) if (why := self._problem(r))]
         if any(isinstance(r, dict) and "image" in r for r in records):  # a batch is all-image or all-text
@@ -146,6 +169,13 @@ class LlavaJSON:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def text_sample(self, i: int) -> Sample:
+        """Record i with its turns but without decoding its image (a 0-pixel stand-in marks that
+        it has one): what a length check needs."""
+        r = self.records[i]
+        image = np.zeros((0, 0, 3), dtype=np.uint8) if "image" in r else None
+        return Sample(image, [(t["from"], t["value"]) for t in r["conversations"]], family=r.get("family", "llava"))
 
     def __getitem__(self, i: int) -> Sample:
         from PIL import Image

@@ -44,8 +44,11 @@ def attention(
     return torch.matmul(probs, v)
 
 
+def keep_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive bias (0 where `keep`, the dtype's minimum elsewhere), the shape of the keep-mask."""
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep.bool(), torch.finfo(dtype).min)
+
+
 def padding_bias(key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive bias `b 1 1 tk` from a `b tk` keep-mask (True/1 = attend)."""
-    bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
-    bias = bias.masked_fill(~key_mask.bool(), torch.finfo(dtype).min)
-    return bias[:, None, None, :]
+    return keep_bias(key_mask, dtype)[:, None, None, :]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.config import Config
+from lab.models.attention import keep_bias
 from lab.models.qformer import QFormer
 
 
@@ -72,19 +73,12 @@ class Stage1Heads(nn.Module):
         itm_labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(ids.device)
         itm = F.cross_entropy(itm_logits, itm_labels)
 
-        # ITG
+        # ITG: the queries attend to each other only, the text to the queries and causally to itself
         t = ids.shape[1]
-        allowed = torch.zeros(nq + t, nq + t, dtype=torch.bool, device=ids.device)
+        allowed = torch.ones(nq + t, nq + t, dtype=torch.bool, device=ids.device).tril()
         allowed[:nq, :nq] = True
-        allowed[nq:, :nq] = True
-        allowed[nq:, nq:] = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
-        allowed = (
-            allowed[None]
-            & torch.cat([torch.ones(b, nq, dtype=torch.bool, device=ids.device), mask.bool()], 1)[:, None, :]
-        )
-        bias = torch.zeros(allowed.shape, dtype=text.dtype, device=ids.device).masked_fill(
-            ~allowed, torch.finfo(text.dtype).min
-        )
+        keys = torch.cat([torch.ones(b, nq, dtype=torch.bool, device=ids.device), mask.bool()], 1)
+        bias = keep_bias(allowed[None] & keys[:, None, :], text.dtype)  # b n n
         gen = qformer.encode(torch.cat([queries, text], 1), image, nq, bias[:, None])
         logits = self.lm_head(gen[:, nq:-1])
         labels = ids[:, 1:].masked_fill(~mask[:, 1:].bool(), -100)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -27,18 +28,21 @@ class ConnectorConfig(Config):
     qformer: QFormerConfig | None = None  # required for kind="qformer"
     bias: bool = True
     hidden_act: str = "gelu"  # mlp only
-    impl: str = "eager"  # mlp only: "triton" runs kernels.mlp_projector (exact-GELU, fused)
+    # mlp only: "triton" runs kernels.mlp_projector (exact GELU, fused); named like qformer.attn_impl
+    mlp_impl: str = "eager"
+
+    RENAMED: ClassVar[dict[str, str]] = {"impl": "mlp_impl"}
 
     def __post_init__(self) -> None:
         check_choice("connector.kind", self.kind, CONNECTORS)
-        check_choice("connector.impl", self.impl, PROJECTOR_IMPLS)
+        check_choice("connector.mlp_impl", self.mlp_impl, PROJECTOR_IMPLS)
         check_choice("connector.hidden_act", self.hidden_act, tuple(ACTIVATIONS))
         if self.kind == "qformer" and self.qformer is None:
             self.qformer = QFormerConfig()
         if self.kind != "qformer" and self.qformer is not None:
             raise ConfigError(f"connector.qformer is set but connector.kind={self.kind!r}")
-        if self.impl == "triton" and (self.kind != "mlp" or self.hidden_act != "gelu"):
-            raise ConfigError("connector.impl='triton' needs kind='mlp' with hidden_act='gelu'")
+        if self.mlp_impl == "triton" and (self.kind != "mlp" or self.hidden_act != "gelu"):
+            raise ConfigError("connector.mlp_impl='triton' needs kind='mlp' with hidden_act='gelu'")
 
     def num_tokens(self, num_features: int) -> int:
         """LLM tokens per image."""
@@ -76,7 +80,7 @@ class MLPConnector(nn.Module):
         self.fc1 = nn.Linear(vision_dim, llm_dim, bias=cfg.bias)
         self.fc2 = nn.Linear(llm_dim, llm_dim, bias=cfg.bias)
         self.act = ACTIVATIONS[cfg.hidden_act]
-        self.impl = cfg.impl
+        self.impl = cfg.mlp_impl
 
     def forward(self, features, instruction_ids=None, instruction_mask=None) -> torch.Tensor:
         _refuse_instruction(instruction_ids)

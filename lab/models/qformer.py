@@ -24,18 +24,21 @@ QFORMER_ATTN_IMPLS = ("eager", "sdpa", "triton")
 
 @dataclasses.dataclass
 class QFormerConfig(Config):
+    """Defaults: the one Q-Former of lab's scene model (every preset, `--model.connector qformer`
+    and a YAML `connector: {kind: qformer}` get these); real checkpoints set every field."""
+
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
-    intermediate_size: int = 256
+    intermediate_size: int = 128
     encoder_hidden_size: int = 64  # width of the image features it cross-attends to
-    cross_attention_frequency: int = 2
+    cross_attention_frequency: int = 1
     num_query_tokens: int = 8
     instruction_aware: bool = False
     text_input: bool = False  # word embeddings for BLIP-2 stage 1 (ITC/ITM/ITG); dropped in stage 2
     text_ffn: bool = False  # text-position feed-forwards; always present when instruction-aware
-    vocab_size: int = 512  # instruction vocabulary (instruction-aware only)
-    max_position_embeddings: int = 512
+    vocab_size: int = 128  # instruction vocabulary (instruction-aware only): the scene word tokenizer's
+    max_position_embeddings: int = 64
     pad_token_id: int = 0
     layer_norm_eps: float = 1e-12
     hidden_act: str = "gelu"

@@ -25,19 +25,8 @@ def scene_model(connector: str = "qformer", instruction_aware: bool = True, num_
     """A small InstructBLIP-style model sized for 32 px scenes and the word tokenizer (2 CPU cores)."""
     d = 64
     qformer = None
-    if connector == "qformer":
-        qformer = QFormerConfig(
-            hidden_size=d,
-            num_layers=2,
-            num_heads=4,
-            intermediate_size=2 * d,
-            encoder_hidden_size=d,
-            cross_attention_frequency=1,
-            num_query_tokens=num_queries,
-            instruction_aware=instruction_aware,
-            vocab_size=128,
-            max_position_embeddings=64,
-        )
+    if connector == "qformer":  # QFormerConfig's defaults are this model's: one definition
+        qformer = QFormerConfig(num_query_tokens=num_queries, instruction_aware=instruction_aware)
     return VLMConfig(
         vision=VisionConfig(image_size=32, patch_size=4, hidden_size=d, intermediate_size=2 * d, num_layers=2),
         connector=ConnectorConfig(kind=connector, qformer=qformer),
@@ -169,8 +158,7 @@ def set_override(data: dict, key: str, value: Any) -> None:
     node[leaf] = value
     if leaf == "kind" and parents[-1:] == ["connector"] and value != "qformer":
         node.pop("qformer", None)  # a linear/MLP connector has no Q-Former section
-    if leaf == "kind" and parents[-1:] == ["connector"] and value == "qformer" and not node.get("qformer"):
-        node["qformer"] = scene_model().connector.qformer.to_dict()
+    # kind="qformer" without a section: ConnectorConfig fills QFormerConfig(), as it does for YAML
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -17,7 +17,7 @@ from torch import nn
 
 from lab.config import ConfigError
 from lab.data import Collator, LlavaJSON, SceneTasks, Shuffled, pixels
-from lab.data.collate import text_ids
+from lab.data.collate import check_lengths, text_ids
 from lab.data.tasks import dense_candidates, dense_target, hard_negative
 from lab.models import VisionLanguageModel
 from lab.models.blip2_stage1 import Stage1Heads
@@ -57,7 +57,13 @@ class Stage(nn.Module):
         self.decisions: list = []
         self.aux: nn.Module | None = None
         q = model_cfg.connector.qformer
-        self.collator = Collator(tokenizer, model_cfg.image_tokens, instruction=bool(q and q.instruction_aware))
+        self.collator = Collator(
+            tokenizer,
+            model_cfg.image_tokens,
+            instruction=bool(q and q.instruction_aware),
+            max_length=model_cfg.llm.max_position_embeddings,
+            truncate=cfg.data.truncate,
+        )
 
     def model_config(self, cfg: TrainConfig):
         return cfg.model
@@ -82,6 +88,9 @@ class Stage(nn.Module):
     def dataset(self, split: str):
         if self.cfg.llava_data:
             data = LlavaJSON(self.cfg.llava_data, self.cfg.image_folder, self.cfg.model.vision.image_size)
+            cut = check_lengths(data, self.collator, self.cfg.llava_data)
+            if cut:
+                log.info("data.truncate: %d of %d records cut to %d tokens", cut, len(data), self.collator.max_length)
             return Shuffled(data, self.cfg.seed) if split == "train" else data
         return SceneTasks(self.cfg.data, split)
 

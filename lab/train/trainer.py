@@ -7,6 +7,7 @@ with it. A resumed run therefore computes exactly the losses an uninterrupted on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,6 +26,7 @@ from safetensors.torch import save_file
 
 import lab
 from lab.data import scene_tokenizer
+from lab.data.datasets import llava_texts, read_llava_records
 from lab.data.tokenizer import WordTokenizer, load_tokenizer
 from lab.rundir import RunDir
 from lab.train.checkpoint import (
@@ -84,8 +86,7 @@ def lr_lambda(cfg: TrainConfig):
 def run_tokenizer(cfg: TrainConfig, init: list[Path]):
     """The scene tokenizer, or one fit to LLaVA data; it must equal the tokenizer of --init runs."""
     if cfg.llava_data:
-        records = json.loads(Path(cfg.llava_data).read_text())
-        tok = WordTokenizer.fit(t["value"] for r in records for t in r.get("conversations", []))
+        tok = WordTokenizer.fit(llava_texts(read_llava_records(cfg.llava_data)))
     else:
         tok = scene_tokenizer()
     for d in init:
@@ -186,9 +187,8 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
     stage = build_stage(cfg, tok)
     inherited = load_init(stage, init)
     run = RunDir(out)
-    metrics_path, cfg_path, decided_path = run.metrics_file, run.train_config_file, run.trainable_file
-    if resume and decided_path.exists():  # decide exactly as the run did, with or without --init now
-        inherited = json.loads(decided_path.read_text())["inherited"]
+    if resume and run.trainable_file.exists():  # decide exactly as the run did, with or without --init now
+        inherited = json.loads(run.trainable_file.read_text())["inherited"]
     decisions = stage.set_trainable(inherited)
     params = [p for p in stage.parameters() if p.requires_grad]
     if not params:
@@ -197,127 +197,43 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=(0.9, cfg.optim.beta2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     components = sorted(set(inherited) | set(stage.trained_components()))
+    data = stage.dataset("train")  # bad records stop the run here, before its folder is written
 
-    step, position = 0, 0
-    fresh = not resume
-    if resume and not cfg_path.exists():
-        log.info("--resume: %s holds no run yet; starting it", out)
-        fresh = True
-    elif resume:
-        diff = config_difference(json.loads(cfg_path.read_text()), _resumable(cfg))
-        if diff:
-            raise RunError(f"--resume: {out} was trained with another config; differences: {diff}")
-        ckpt = latest_checkpoint(out)
-        if ckpt is None and any(run.checkpoints.glob("step-*")):
-            raise RunError(f"--resume: no intact checkpoint under {run.checkpoints} (see the warnings above)")
-        if ckpt is None:
-            log.info("--resume: %s stopped before its first checkpoint; starting over with its saved config", out)
-            fresh = True
-        else:
-            state = load_checkpoint(ckpt, stage)
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"])
-            step, position = state["step"], state["position"]
-            components = state["components"]
-            if main:
-                truncate_metrics(metrics_path, step)
-                log.info("resumed %s at step %d", ckpt, step)
-    if fresh and main:
-        if not resume and run.holds_run():
-            raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        truncate_metrics(metrics_path, 0)
-        cfg_path.write_text(json.dumps(_resumable(cfg), indent=2))
-        decided = {"inherited": sorted(inherited), "parts": [dataclasses.asdict(d) for d in decisions]}
-        decided_path.write_text(json.dumps(decided, indent=2))
-        if isinstance(tok, WordTokenizer):
-            tok.save(out)
+    step, position, components = _start_or_resume(
+        cfg, run, stage, opt, sched, tok, resume, inherited, decisions, components, main
+    )
 
     model = stage
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(stage, find_unused_parameters=True)
-    data = stage.dataset("train")
-    stop = {"signal": 0}
-    handlers = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        handlers[sig] = signal.signal(sig, lambda s, _f: stop.update(signal=s))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
-    writer = _tensorboard(out) if main else None
-    bar = None
-    if main and progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.max_steps, initial=step, desc=f"{cfg.stage}", unit="step", dynamic_ncols=True)
     t_start, samples_done = time.perf_counter(), 0
     stage.train()
-    try:
-        with open(metrics_path, "a") if main else nullcontext() as mf:
-            end = min(stop_at or cfg.max_steps, cfg.max_steps)
-            while step < end:
-                t0 = time.perf_counter()
-                base = position + rank * local
-                batches = [
-                    _to(stage.collate([data[base + m * micro + j] for j in range(micro)]), device)
-                    for m in range(cfg.grad_accum)
-                ]
-                total = all_sum(float(sum(stage.count(b) for b in batches)), device)
-                if total == 0:
-                    raise RunError(f"step {step + 1}: the batch has no labelled tokens (only prompts?)")
-                loss_sum = 0.0
-                for m, b in enumerate(batches):
-                    sync = model.no_sync() if world > 1 and m < len(batches) - 1 else nullcontext()
-                    with sync, autocast:
-                        part = model(b)
-                    (part * world / total).backward()  # DDP averages over processes; undo that
-                    loss_sum += part.detach().float().item()
-                loss = all_sum(loss_sum, device) / total
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss} at step {step + 1} (data position {position}); stopping")
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad).item()
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-                position += cfg.batch_size
-                dt = time.perf_counter() - t0
-                samples_done += cfg.batch_size
-                if main:
-                    rec = {
-                        "step": step,
-                        "loss": loss,
-                        "lr": sched.get_last_lr()[0],
-                        "grad_norm": grad_norm,
-                        "samples_per_s": cfg.batch_size / dt,
-                        "elapsed_s": time.perf_counter() - t_start,
-                    }
-                    mf.write(json.dumps(rec) + "\n")
-                    mf.flush()
-                    if writer is not None:
-                        writer.add_scalar("loss", loss, step)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{cfg.batch_size / dt:.0f}")
-                interrupted = all_sum(float(stop["signal"]), device) > 0
-                if step % cfg.save_every == 0 or interrupted or step == end:
-                    state = {
-                        "step": step,
-                        "position": position,
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "rng": rng_state(),
-                        "components": components,
-                    }
-                    if main:
-                        save_checkpoint(out, step, stage, state)
-                if interrupted:
-                    raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved, continue with --resume")
-    finally:
-        for sig, h in handlers.items():
-            signal.signal(sig, h)
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
+    end = min(stop_at or cfg.max_steps, cfg.max_steps)
+    with _stop_signals() as stop, _StepLog(run, cfg, step, progress) if main else nullcontext() as record:
+        while step < end:
+            t0 = time.perf_counter()
+            batches = [
+                _to(stage.collate([data[position + rank * local + m * micro + j] for j in range(micro)]), device)
+                for m in range(cfg.grad_accum)
+            ]
+            loss = _accumulate(model, stage, batches, world, device, autocast, step, position)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad).item()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            position += cfg.batch_size
+            samples_done += cfg.batch_size
+            if main:
+                record(step, loss, sched.get_last_lr()[0], grad_norm, time.perf_counter() - t0)
+            interrupted = all_sum(float(stop["signal"]), device) > 0
+            if main and (step % cfg.save_every == 0 or interrupted or step == end):
+                state = {"step": step, "position": position, "optimizer": opt.state_dict()}
+                state |= {"scheduler": sched.state_dict(), "rng": rng_state(), "components": components}
+                save_checkpoint(out, step, stage, state)
+            if interrupted:
+                raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved, continue with --resume")
     wall = time.perf_counter() - t_start
     summary = {
         "stage": cfg.stage,
@@ -332,6 +248,112 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
     if world > 1:
         dist.barrier()
     return summary
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """SIGINT / SIGTERM set a flag instead of killing the step: the loop checkpoints, then stops."""
+    stop = {"signal": 0}
+    handlers = {sig: signal.signal(sig, lambda s, _f: stop.update(signal=s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+
+
+class _StepLog:
+    """Each step's record, on the main process: a line of metrics.jsonl, TensorBoard, the progress bar."""
+
+    def __init__(self, run: RunDir, cfg: TrainConfig, step: int, progress: bool) -> None:
+        self.batch, self.t_start = cfg.batch_size, time.perf_counter()
+        self.file = open(run.metrics_file, "a")  # noqa: SIM115 - closed in __exit__
+        self.writer = _tensorboard(run.root)
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.max_steps, initial=step, desc=cfg.stage, unit="step", dynamic_ncols=True)
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, step: int, loss: float, lr: float, grad_norm: float, dt: float) -> None:
+        rec = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "samples_per_s": self.batch / dt}
+        rec["elapsed_s"] = time.perf_counter() - self.t_start
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            self.writer.add_scalar("loss", loss, step)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{self.batch / dt:.0f}")
+
+    def __exit__(self, *exc) -> bool:
+        self.file.close()
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        return False
+
+
+def _start_or_resume(cfg, run: RunDir, stage, opt, sched, tok, resume, inherited, decisions, components, main):
+    """Load the newest intact checkpoint into stage, optimizer and schedule (`--resume`), or record
+    a fresh run's config and freeze decisions. Returns (step, data position, components)."""
+    out, step, position = run.root, 0, 0
+    fresh = not resume
+    if resume and not run.train_config_file.exists():
+        log.info("--resume: %s holds no run yet; starting it", out)
+        fresh = True
+    elif resume:
+        diff = config_difference(json.loads(run.train_config_file.read_text()), _resumable(cfg))
+        if diff:
+            raise RunError(f"--resume: {out} was trained with another config; differences: {diff}")
+        ckpt = latest_checkpoint(out)
+        if ckpt is None and any(run.checkpoints.glob("step-*")):
+            raise RunError(f"--resume: no intact checkpoint under {run.checkpoints} (see the warnings above)")
+        if ckpt is None:
+            log.info("--resume: %s stopped before its first checkpoint; starting over with its saved config", out)
+            fresh = True
+        else:
+            state = load_checkpoint(ckpt, stage)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            step, position, components = state["step"], state["position"], state["components"]
+            if main:
+                truncate_metrics(run.metrics_file, step)
+                log.info("resumed %s at step %d", ckpt, step)
+    if fresh and main:
+        if not resume and run.holds_run():
+            raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        truncate_metrics(run.metrics_file, 0)
+        run.train_config_file.write_text(json.dumps(_resumable(cfg), indent=2))
+        decided = {"inherited": sorted(inherited), "parts": [dataclasses.asdict(d) for d in decisions]}
+        run.trainable_file.write_text(json.dumps(decided, indent=2))
+        if isinstance(tok, WordTokenizer):
+            tok.save(out)
+    return step, position, components
+
+
+def _accumulate(model, stage, batches, world, device, autocast, step, position) -> float:
+    """Forward and backward over the micro-batches of one step; returns the mean loss per labelled
+    token over every process (each micro-batch's loss is a sum, divided by the global token count)."""
+    total = all_sum(float(sum(stage.count(b) for b in batches)), device)
+    if total == 0:
+        raise RunError(f"step {step + 1}: the batch has no labelled tokens (only prompts?)")
+    loss_sum = 0.0
+    for m, b in enumerate(batches):
+        sync = model.no_sync() if world > 1 and m < len(batches) - 1 else nullcontext()
+        with sync, autocast:
+            part = model(b)
+        (part * world / total).backward()  # DDP averages over processes; undo that
+        loss_sum += part.detach().float().item()
+    loss = all_sum(loss_sum, device) / total
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss} at step {step + 1} (data position {position}); stopping")
+    return loss
 
 
 def export(stage: Stage, out: Path, summary: dict) -> None:
