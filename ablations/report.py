@@ -218,6 +218,22 @@ def partial(work: Path, title: str) -> list[str]:
     return head + rows + [""]
 
 
+def timing(suite: dict, wall: float | None) -> str:
+    """The suite's wall time as suite.json records it (summed over resumed invocations), or why
+    it is unknown; always the jobs' own serial time."""
+    if not suite:
+        return f"Whole suite: **{wall / 60:.1f} min** wall." if wall else ""
+    jobs = f"{suite['serial_s'] / 60:.1f} min of jobs, {suite['workers']} workers"
+    if suite.get("wall_s") is None:
+        return (
+            f"Whole suite: wall time **not measured end to end** (resumed from jobs an untimed earlier run had "
+            f"finished); {jobs}, i.e. about {suite['serial_s'] / 60 / suite['workers']:.0f} min of training and "
+            "evaluation at that parallelism, plus stage 0."
+        )
+    runs = f" over {suite['invocations']} invocations" if suite.get("invocations", 1) > 1 else ""
+    return f"Whole suite: **{suite['wall_s'] / 60:.1f} min** wall on this machine{runs} ({jobs})."
+
+
 def report(
     out: Path,
     names: list[str],
@@ -238,12 +254,9 @@ def report(
     cfg = first["config"]
     mode = cfg["mode"]
     suite = json.loads((out / "suite.json").read_text()) if (out / "suite.json").exists() else {}
-    wall = suite.get("wall_s", wall)
     parts += [
         f"Mode: **{mode}**, seeds: {cfg['budget']['seeds']}, {cfg['budget']['per_family']} test questions per "
-        f"family, device: {cfg.get('device', 'cpu')}, git commit `{first['git_commit'][:10]}`."
-        + (f" Whole suite: **{wall / 60:.1f} min** wall on this machine" if wall else "")
-        + (f" with {suite['workers']} workers ({suite['serial_s'] / 60:.1f} min of jobs)." if suite else "."),
+        f"family, device: {cfg.get('device', 'cpu')}, git commit `{first['git_commit'][:10]}`. " + timing(suite, wall),
         "Accuracies are exact match on the test split (chosen on val); mean ± std over seeds. `held_in_eval_se` is "
         "the evaluation's own standard error (binomial over the questions). A verdict is *reproduced* when the "
         "paired (same seed, same data) difference has the paper's sign and exceeds 2 standard errors over seeds "

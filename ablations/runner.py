@@ -87,7 +87,8 @@ class Budget:
 
 
 QUICK = Budget({"vision": 1000, "lm": 2000}, steps=600, per_family=100, seeds=3, probe_fit=600)
-FULL = Budget({"vision": 1000, "lm": 4000}, steps=3000, per_family=1000, seeds=5, probe_fit=1500)
+# Full: 1,200 steps per comparison (instruction_aware 1.5x): 3,000 would take about 6 h on 2 CPU cores.
+FULL = Budget({"vision": 1000, "lm": 4000}, steps=1200, per_family=1000, seeds=5, probe_fit=1500)
 SMOKE = Budget({"vision": 4, "lm": 4}, steps=4, per_family=8, seeds=1, probe_fit=60)  # plumbing checks only
 
 
@@ -154,15 +155,18 @@ class Runner:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     # ----- jobs ---------------------------------------------------------------------------
-    def stage0(self, seed: int) -> Path:
-        """Vision encoder and LM pretrained once per seed, shared by every comparison."""
+    def stage0(self, seed: int) -> bool:
+        """Vision encoder and LM pretrained once per seed, shared by every comparison. True when
+        an earlier invocation had trained them already."""
         from lab.train import train
 
         root = self.work / "stage0" / f"seed{seed}"
         key = self.fingerprint("stage0", seed)
+        reused = False
         for stage, steps in self.budget.stage0_steps.items():
             folder = root / stage
             if _done(folder, key):
+                reused = True
                 continue
             shutil.rmtree(folder, ignore_errors=True)
             train(self.config(stage, seed, {}, steps), folder, progress=False)
@@ -174,7 +178,7 @@ class Runner:
 
             acc = retrieval(lab.load_pretrained(vision), vision, vision)
             done.write_text(json.dumps({"retrieval_acc": acc, "fingerprint": key}))
-        return root
+        return reused
 
     def run_variant(self, comparison: str, v: Variant, seed: int) -> dict:
         """Train the recipe, evaluate (val and test), probe (seed 0); cached in result.json."""
@@ -256,29 +260,22 @@ class Runner:
     # ----- the suite ----------------------------------------------------------------------
     def run_all(self, comparisons: list[Comparison]) -> dict[str, dict]:
         """Stage 0 for every seed, then every (comparison, variant, seed) job, `--workers` at a time."""
-        t0 = time.perf_counter()
         seeds = range(self.budget.seeds)
+        jobs = [(c.name, v, s) for s in seeds for c in comparisons for v in c.variants]
+        clock = SuiteClock(self.out / "suite.json", self.fingerprint("suite"), len(jobs), self.args)
         with _pool(self.args.workers) as pool:
-            list(pool.map(_call, [(self, "stage0", (s,)) for s in seeds]))
+            clock.reused |= any(pool.map(_call, [(self, "stage0", (s,)) for s in seeds]))
             probes = pool.submit(_call, (self, "stage0_probes", (0,)))
-            jobs = [(c.name, v, s) for s in seeds for c in comparisons for v in c.variants]
-            runs = list(pool.map(_call, [(self, "run_variant", j) for j in jobs]))
+            runs = []
+            for r in pool.map(_call, [(self, "run_variant", j) for j in jobs]):
+                runs.append(r)
+                clock.tick(r)  # a stopped suite keeps the time it had spent up to its last job
             stage0 = probes.result()
-        reused = sum(bool(r.pop("_cached", False)) for r in runs)
         results = {}
         for c in comparisons:
             mine = [r for (name, _, _), r in zip(jobs, runs, strict=True) if name == c.name]
             results[c.name] = self.finish(c, mine, stage0)
-        self.wall_s = time.perf_counter() - t0
-        self.out.mkdir(parents=True, exist_ok=True)
-        suite = {"wall_s": self.wall_s, "workers": self.args.workers, "device": self.args.device, "jobs": len(jobs)}
-        suite["serial_s"] = sum(r["wall_s"] for r in runs)
-        if reused:  # a resumed suite: this invocation's wall time covers only what it ran
-            suite["reused_jobs"] = reused
-            previous = self.out / "suite.json"
-            if previous.exists() and reused == len(runs):
-                suite = json.loads(previous.read_text())  # nothing ran: keep the run's own record
-        (self.out / "suite.json").write_text(json.dumps(suite, indent=2))
+        self.wall_s = clock.tick(None)["wall_s"]
         return results
 
     def finish(self, c: Comparison, runs: list[dict], stage0: dict) -> dict:
@@ -311,6 +308,37 @@ class Runner:
         plot(result, folder / "plot.png")
         print(table(result, c.extra_metrics), flush=True)
         return result
+
+
+class SuiteClock:
+    """suite.json: the suite's wall time, summed over the invocations that built it and rewritten
+    after every job, so a stopped suite keeps what it had spent. When jobs were reused without a
+    matching record (built by another version of the suite, or the record was lost), the wall time
+    is unknown and says so: `wall_s` is None."""
+
+    def __init__(self, path: Path, key: str, jobs: int, args) -> None:
+        self.path, self.key, self.t0 = path, key, time.perf_counter()
+        prev = json.loads(path.read_text()) if path.exists() else {}
+        self.prev = prev if prev.get("fingerprint") == key and prev.get("wall_s") is not None else None
+        self.reused = False
+        self.record = {"fingerprint": key, "workers": args.workers, "device": args.device, "jobs": jobs}
+        self.record |= {"invocations": (self.prev["invocations"] + 1) if self.prev else 1}
+        self.serial, self.done, self.cached = 0.0, 0, 0
+
+    def tick(self, result: dict | None) -> dict:
+        if result is not None:
+            self.done += 1
+            self.cached += bool(result.pop("_cached", False))
+            self.serial += result["wall_s"]
+        elapsed = time.perf_counter() - self.t0
+        if self.prev is not None:
+            wall = self.prev["wall_s"] + elapsed
+        else:
+            wall = None if (self.cached or self.reused) else elapsed
+        self.record |= {"wall_s": wall, "jobs_done": self.done, "reused_jobs": self.cached, "serial_s": self.serial}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.record, indent=2))
+        return self.record
 
 
 def _done(folder: Path, key: str) -> bool:
@@ -448,18 +476,23 @@ def mean_std(xs: list[float]) -> dict:
     return {"mean": m, "std": sd, "n": len(xs)}
 
 
+EQUIVALENCE = 0.03  # "no difference" means within 3 points of held-in accuracy, at 2 s.e.
+
+
 def verdict_row(diffs: list[float], expected: int, label: str, metric: str, a: str, b: str, reason: str) -> dict:
     """The verdict on per-seed differences a − b (see `paired`), as a report row.
 
-    expected=+1: the paper says a > b; -1: a < b; 0: no difference expected (a control).
-    Reproduced when the mean difference has the expected sign and exceeds twice its standard
-    error (and 0.02); contradicted when it is that clear the other way; a control holds when the
-    difference stays within that band."""
+    expected=+1: the paper says a > b; -1: a < b; 0: no difference expected (a control, or a claim
+    of "no need"). Reproduced when the mean difference has the expected sign and exceeds twice its
+    standard error (and 0.02); contradicted when it is that clear the other way. "No difference"
+    must be shown, not merely not refuted: it holds when the whole band mean ± 2 s.e. lies within
+    ±EQUIVALENCE; a noisy difference that is neither clear nor that tight is inconclusive."""
     d = mean_std(diffs)
     se = d["std"] / math.sqrt(max(1, d["n"]))
     clear = abs(d["mean"]) > max(2 * se, 0.02)
     if expected == 0:
-        verdict = "reproduced" if not clear else "contradicted"
+        tight = abs(d["mean"]) + 2 * se <= EQUIVALENCE
+        verdict = "contradicted" if clear else "reproduced" if tight else "inconclusive"
     elif not clear:
         verdict = "inconclusive"
     else:
