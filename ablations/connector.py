@@ -11,7 +11,8 @@ InstructBLIP) are compared in `instruction_aware`, `stage1` and `frozen_encoders
 
 from __future__ import annotations
 
-from ablations.runner import Comparison, Runner, Step, Variant, cli, paired
+from ablations.runner import Comparison, Runner, Step, Variant, cli
+from ablations.verdicts import paired
 
 PAPER = {
     "MLP beats linear projection": "LLaVA-1.5: linear → MLP, GQA 46.8 → 47.3 (small gain)",

@@ -13,7 +13,8 @@ heads, before (stage 0) and after instruction tuning.
 
 from __future__ import annotations
 
-from ablations.runner import Comparison, Runner, Step, Variant, cli, paired
+from ablations.runner import Comparison, Runner, Step, Variant, cli
+from ablations.verdicts import paired
 
 PAPER = {
     "a frozen ViT is better than a tuned one (small tuning set)": "Prismatic: tuning the vision backbone "

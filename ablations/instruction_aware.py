@@ -10,7 +10,8 @@ object per image there is nothing to choose, so the gap should vanish.
 
 from __future__ import annotations
 
-from ablations.runner import Comparison, Runner, Step, Variant, by_seed, cli, paired, verdict_row
+from ablations.runner import Comparison, Runner, Step, Variant, cli
+from ablations.verdicts import by_seed, paired, verdict_row
 
 PAPER = {
     "instruction-aware queries help held-in": "InstructBLIP Table 2 (FlanT5-XL): held-in avg 94.1 → 89.8 without",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ablations.runner import mean_std
+from ablations.verdicts import mean_std
 
 METRICS = ("held_in_acc", "held_out_acc")
 QA_FAMILIES = ("color", "size", "count", "exists", "position")

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from ablations.evaluate import evaluate, retrieval
 from lab.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -384,141 +384,3 @@ def _pool(workers: int):
     if workers <= 1:
         return _Serial()
     return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker)
-
-
-# ----- evaluation ---------------------------------------------------------------------------
-def evaluate(model, final: Path, eval_overrides: dict, per_family: int, seed: int) -> dict:
-    """Held-in / held-out exact match on val and test, per-family test accuracy, and the
-    evaluation's own standard error (binomial, per family, propagated to the family mean)."""
-    import torch
-
-    from lab.data import SceneDataConfig, load_tokenizer
-    from lab.eval import QA_HELD_IN, evaluate_scenes
-    from lab.train.config import set_override
-
-    tok = load_tokenizer(final)
-    data = RunDir(final).train_config()["data"]
-    data["pool"] = 0  # a small tuning pool is still tested on the whole distribution
-    for k, v in eval_overrides.items():
-        set_override(data, k, v)
-    data = SceneDataConfig.from_dict(data)
-    metrics: dict[str, float] = {}
-    for split in ("val", "test"):
-        torch.manual_seed(seed)
-        res = evaluate_scenes(model, tok, data, per_family=per_family, split=split, caption_samples=64)
-        prefix = "" if split == "test" else "val_"
-        metrics[prefix + "held_in_acc"] = res["held_in_acc"]
-        metrics[prefix + "held_out_acc"] = res["held_out_acc"]
-        held_in = [res["acc"][f] for f in QA_HELD_IN if f in res["acc"]]
-        metrics[prefix + "held_in_eval_se"] = eval_se(held_in, per_family)
-        if split == "test":
-            metrics.update({f"acc_{k}": a for k, a in res["acc"].items()})
-            metrics.update({f"chance_{k}": c for k, c in chance(data).items()})
-            metrics["caption_slot_recall"] = res["caption_slot_recall"]
-    return metrics
-
-
-def chance(data) -> dict[str, float]:
-    """Uniform guessing over each question family's possible answers, for these scenes."""
-    from lab.data.scenes import CELLS, COLORS, SIZES
-
-    s = data.scene
-    return {
-        "color": 1 / len(COLORS),
-        "size": 1 / len(SIZES),
-        "count": 1 / (s.max_objects - s.min_objects + 1),
-        "exists": 1 / 2,
-        "position": 1 / len(CELLS),
-        "relation": 1 / 2,
-        "compare_count": 1 / 2,
-    }
-
-
-def eval_se(accs: list[float], n: int) -> float:
-    """Standard error of a mean of family accuracies, each measured on n questions."""
-    return math.sqrt(sum(p * (1 - p) / n for p in accs)) / len(accs) if accs else float("nan")
-
-
-def retrieval(model, vision_run: Path, final: Path, n: int = 64, batch: int = 32) -> float:
-    """Top-1 image->caption retrieval (batches of 32, val split) of `model`'s vision encoder,
-    scored with the stage-0 contrastive heads: how much a tuned encoder drifted from them."""
-    import torch
-    from safetensors.torch import load_file
-
-    from lab.data import SceneDataConfig, SceneTasks, load_tokenizer, pixels
-    from lab.data.collate import text_ids
-    from lab.models.clip import ClipConfig, ContrastiveHeads, retrieval_accuracy
-
-    tok = load_tokenizer(final)
-    cfg = RunDir(vision_run).train_config()
-    heads = ContrastiveHeads(ClipConfig.from_dict(cfg["clip"]), model.cfg.vision.hidden_size, len(tok))
-    heads.load_state_dict(load_file(RunDir(vision_run).heads_file))
-    heads.to(next(model.parameters()).device)
-    ds = SceneTasks(SceneDataConfig.from_dict(cfg["data"]), "val")
-    accs = []
-    with torch.no_grad():
-        for i in range(0, n, batch):
-            samples = [ds[j] for j in range(i, i + batch)]
-            ids, mask = text_ids([s.turns[-1][1] for s in samples], tok)
-            dev = next(model.parameters()).device
-            image = model.vision(pixels([s.image for s in samples]).to(dev))
-            accs.append(retrieval_accuracy(heads.similarity(image, ids.to(dev), mask.to(dev))))
-    return sum(accs) / len(accs)
-
-
-# ----- verdicts -----------------------------------------------------------------------------
-def mean_std(xs: list[float]) -> dict:
-    xs = [x for x in xs if not math.isnan(x)]
-    if not xs:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    m = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return {"mean": m, "std": sd, "n": len(xs)}
-
-
-EQUIVALENCE = 0.03  # "no difference" means within 3 points of held-in accuracy, at 2 s.e.
-
-
-def verdict_row(diffs: list[float], expected: int, label: str, metric: str, a: str, b: str, reason: str) -> dict:
-    """The verdict on per-seed differences a − b (see `paired`), as a report row.
-
-    expected=+1: the paper says a > b; -1: a < b; 0: no difference expected (a control, or a claim
-    of "no need"). Reproduced when the mean difference has the expected sign and exceeds twice its
-    standard error (and 0.02); contradicted when it is that clear the other way. "No difference"
-    must be shown, not merely not refuted: it holds when the whole band mean ± 2 s.e. lies within
-    ±EQUIVALENCE; a noisy difference that is neither clear nor that tight is inconclusive."""
-    d = mean_std(diffs)
-    se = d["std"] / math.sqrt(max(1, d["n"]))
-    clear = abs(d["mean"]) > max(2 * se, 0.02)
-    if expected == 0:
-        tight = abs(d["mean"]) + 2 * se <= EQUIVALENCE
-        verdict = "contradicted" if clear else "reproduced" if tight else "inconclusive"
-    elif not clear:
-        verdict = "inconclusive"
-    else:
-        verdict = "reproduced" if (d["mean"] > 0) == (expected > 0) else "contradicted"
-    return {
-        "claim": label,
-        "metric": metric,
-        "a": a,
-        "b": b,
-        "diff_mean": d["mean"],
-        "diff_se": se,
-        "seeds": d["n"],
-        "verdict": verdict,
-        "note": "" if verdict == "reproduced" else reason,
-    }
-
-
-def by_seed(runs: list[dict], metric: str) -> dict[int, dict[str, float]]:
-    """{seed: {variant: metric}}: the pairing every verdict uses (same seed, same data, same stage 0)."""
-    out: dict[int, dict[str, float]] = {}
-    for r in runs:
-        out.setdefault(r["seed"], {})[r["variant"]] = r["metrics"][metric]
-    return out
-
-
-def paired(runs: list[dict], a: str, b: str, metric: str, expected: int, label: str, reason_if_not: str) -> dict:
-    """Compare variant a against b on `metric`, paired by seed (rule: `verdict_row`)."""
-    diffs = [s[a] - s[b] for s in by_seed(runs, metric).values() if a in s and b in s]
-    return verdict_row(diffs, expected, label, metric, a, b, reason_if_not)

@@ -8,7 +8,8 @@ MLP, tuned LLM: LLaVA's projector alignment → instruct, against instruct alone
 
 from __future__ import annotations
 
-from ablations.runner import Comparison, Runner, Step, Variant, cli, paired
+from ablations.runner import Comparison, Runner, Step, Variant, cli
+from ablations.verdicts import paired
 
 PAPER = {
     "stage 1 helps a Q-Former into a frozen LLM": "BLIP-2 Fig. 5: much lower zero-shot VQA without stage 1",

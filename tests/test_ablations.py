@@ -9,9 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ablations.evaluate import eval_se
 from ablations.instruction_aware import gap_closes
 from ablations.probe import RidgeProbe
-from ablations.runner import Runner, Step, Variant, eval_se, paired
+from ablations.runner import Runner, Step, Variant
+from ablations.verdicts import paired
 
 
 def _runs(values: dict[str, list[float]], metric="held_in_acc"):

@@ -1,0 +1,62 @@
+"""Verdicts: a paper's claim against paired (same seed, same data) differences between variants."""
+
+from __future__ import annotations
+
+import math
+
+
+def mean_std(xs: list[float]) -> dict:
+    xs = [x for x in xs if not math.isnan(x)]
+    if not xs:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return {"mean": m, "std": sd, "n": len(xs)}
+
+
+EQUIVALENCE = 0.03  # "no difference" means within 3 points of held-in accuracy, at 2 s.e.
+
+
+def verdict_row(diffs: list[float], expected: int, label: str, metric: str, a: str, b: str, reason: str) -> dict:
+    """The verdict on per-seed differences a − b (see `paired`), as a report row.
+
+    expected=+1: the paper says a > b; -1: a < b; 0: no difference expected (a control, or a claim
+    of "no need"). Reproduced when the mean difference has the expected sign and exceeds twice its
+    standard error (and 0.02); contradicted when it is that clear the other way. "No difference"
+    must be shown, not merely not refuted: it holds when the whole band mean ± 2 s.e. lies within
+    ±EQUIVALENCE; a noisy difference that is neither clear nor that tight is inconclusive."""
+    d = mean_std(diffs)
+    se = d["std"] / math.sqrt(max(1, d["n"]))
+    clear = abs(d["mean"]) > max(2 * se, 0.02)
+    if expected == 0:
+        tight = abs(d["mean"]) + 2 * se <= EQUIVALENCE
+        verdict = "contradicted" if clear else "reproduced" if tight else "inconclusive"
+    elif not clear:
+        verdict = "inconclusive"
+    else:
+        verdict = "reproduced" if (d["mean"] > 0) == (expected > 0) else "contradicted"
+    return {
+        "claim": label,
+        "metric": metric,
+        "a": a,
+        "b": b,
+        "diff_mean": d["mean"],
+        "diff_se": se,
+        "seeds": d["n"],
+        "verdict": verdict,
+        "note": "" if verdict == "reproduced" else reason,
+    }
+
+
+def by_seed(runs: list[dict], metric: str) -> dict[int, dict[str, float]]:
+    """{seed: {variant: metric}}: the pairing every verdict uses (same seed, same data, same stage 0)."""
+    out: dict[int, dict[str, float]] = {}
+    for r in runs:
+        out.setdefault(r["seed"], {})[r["variant"]] = r["metrics"][metric]
+    return out
+
+
+def paired(runs: list[dict], a: str, b: str, metric: str, expected: int, label: str, reason_if_not: str) -> dict:
+    """Compare variant a against b on `metric`, paired by seed (rule: `verdict_row`)."""
+    diffs = [s[a] - s[b] for s in by_seed(runs, metric).values() if a in s and b in s]
+    return verdict_row(diffs, expected, label, metric, a, b, reason_if_not)
