@@ -31,10 +31,12 @@ def evaluate(model, final: Path, eval_overrides: dict, per_family: int, seed: in
         prefix = "" if split == "test" else "val_"
         metrics[prefix + "held_in_acc"] = res["held_in_acc"]
         metrics[prefix + "held_out_acc"] = res["held_out_acc"]
+        metrics[prefix + "held_out_ranked_acc"] = res["held_out_ranked_acc"]
         held_in = [res["acc"][f] for f in QA_HELD_IN if f in res["acc"]]
         metrics[prefix + "held_in_eval_se"] = eval_se(held_in, per_family)
         if split == "test":
             metrics.update({f"acc_{k}": a for k, a in res["acc"].items()})
+            metrics.update({f"ranked_{k}": a for k, a in res["acc_ranked"].items()})
             metrics.update({f"chance_{k}": c for k, c in chance(data).items()})
             metrics["caption_slot_recall"] = res["caption_slot_recall"]
     return metrics

@@ -60,7 +60,7 @@ def verdicts(runs):
             runs,
             "llm_tuned",
             "llm_frozen",
-            "held_out_acc",
+            "held_out_ranked_acc",
             -1,
             "tuning the LLM hurts held-out",
             "held-out families are yes/no questions the tuned LLM still answers",

@@ -71,7 +71,7 @@ def verdicts(runs):
     a, b = f"aware_K{MAIN_K}", f"plain_K{MAIN_K}"
     return [
         paired(runs, a, b, "held_in_acc", +1, "instruction-aware queries help held-in", why),
-        paired(runs, a, b, "held_out_acc", +1, "instruction-aware queries help held-out", why),
+        paired(runs, a, b, "held_out_ranked_acc", +1, "instruction-aware queries help held-out", why),
         gap_closes(runs, MAIN_K, 8, "mechanism: the gap closes as K grows (K=2 vs K=8)", why),
         paired(
             runs,

@@ -58,6 +58,12 @@ STAGE_REGIME: dict[str, dict[str, Any]] = {
 }
 
 
+# What a cached job's numbers mean beyond its settings; a change here retrains and re-evaluates.
+# 2: relation questions balanced (yes and no equally often) and held-out families also scored by
+# ranking their closed answer sets (InstructBLIP's protocol for held-out classification tasks).
+PROTOCOL = 2
+
+
 @dataclasses.dataclass
 class Step:
     stage: str
@@ -151,7 +157,8 @@ class Runner:
 
     def fingerprint(self, *parts: Any) -> str:
         """What a cached result depends on: the budget, the regime, the config file, the recipe."""
-        text = json.dumps([dataclasses.asdict(self.budget), REGIME, STAGE_REGIME, self.args.config, parts], default=str)
+        settings = [PROTOCOL, dataclasses.asdict(self.budget), REGIME, STAGE_REGIME, self.args.config, parts]
+        text = json.dumps(settings, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     # ----- jobs ---------------------------------------------------------------------------
@@ -351,8 +358,22 @@ def _init_worker() -> None:
 
     import torch
 
+    _die_with_parent()
+
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
+
+
+def _die_with_parent() -> None:
+    """Linux: kill this worker when the suite's process dies, so a stopped suite leaves no orphan
+    still training into its run folders. SIGKILL, not SIGTERM: the trainer would checkpoint on
+    SIGTERM and the worker take the next queued job; an unfinished job restarts from its start."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
 
 
 def _call(item):

@@ -52,7 +52,8 @@ def by_seed(runs: list[dict], metric: str) -> dict[int, dict[str, float]]:
     """{seed: {variant: metric}}: the pairing every verdict uses (same seed, same data, same stage 0)."""
     out: dict[int, dict[str, float]] = {}
     for r in runs:
-        out.setdefault(r["seed"], {})[r["variant"]] = r["metrics"][metric]
+        if metric in r["metrics"]:  # runs evaluated before a metric existed are left out, not guessed
+            out.setdefault(r["seed"], {})[r["variant"]] = r["metrics"][metric]
     return out
 
 

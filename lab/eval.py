@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -25,7 +26,7 @@ from lab.data import (
     normalize,
     slot_recall,
 )
-from lab.data.tasks import MIN_OBJECTS
+from lab.data.tasks import ANSWER_SETS, MIN_OBJECTS
 from lab.data.tokenizer import load_tokenizer
 from lab.models import VisionLanguageModel
 from lab.rundir import RunDir
@@ -63,6 +64,31 @@ def answer(model: VisionLanguageModel, tok, samples, max_new_tokens: int = 8, co
     return replies
 
 
+@torch.no_grad()
+def rank(model: VisionLanguageModel, tok, samples, candidates, collator=None) -> list[str]:
+    """For each sample, the candidate answer the model finds most likely after the prompt (log-
+    likelihood summed over the answer's tokens and <eos>): InstructBLIP's "vocabulary ranking" for
+    held-out tasks with a closed answer set. Unlike generation, it cannot reply outside the set."""
+    collator = collator or collator_for(model, tok)
+    device = next(model.parameters()).device
+    scores = []
+    for c in candidates:
+        batch = collator([dataclasses.replace(s, turns=[*s.turns[:-1], (s.turns[-1][0], c)]) for s in samples])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(
+            batch["pixel_values"],
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("instruction_ids"),
+            batch.get("instruction_mask"),
+        ).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        scores.append((logp * (labels != -100)).sum(1))
+    best = torch.stack(scores, 1).argmax(1).tolist()
+    return [candidates[i] for i in best]
+
+
 def evaluate_scenes(
     model: VisionLanguageModel,
     tok,
@@ -74,9 +100,11 @@ def evaluate_scenes(
     caption_samples: int | None = None,
 ) -> dict:
     """Exact-match accuracy per family on `per_family` samples of `split` each (captions, long
-    to generate and scored by slot recall, on `caption_samples` if given)."""
+    to generate and scored by slot recall, on `caption_samples` if given). Held-out families with a
+    closed answer set are also scored by ranking (`rank`): `acc_ranked`, `held_out_ranked_acc`."""
     model.eval()
     acc: dict[str, float] = {}
+    ranked: dict[str, float] = {}
     recall: list[float] = []
     for fam in families:
         if data.scene.max_objects < MIN_OBJECTS.get(fam, 1):
@@ -93,12 +121,21 @@ def evaluate_scenes(
                 if fam == "caption":
                     recall.append(slot_recall(s.scene, reply))
         acc[fam] = hits / len(samples)
+        if fam in HELD_OUT and fam in ANSWER_SETS:
+            hits = 0
+            for i in range(0, len(samples), batch_size):
+                chunk = samples[i : i + batch_size]
+                picks = rank(model, tok, chunk, ANSWER_SETS[fam])
+                hits += sum(p == normalize(s.turns[-1][1]) for p, s in zip(picks, chunk, strict=True))
+            ranked[fam] = hits / len(samples)
     held_in = [acc[f] for f in QA_HELD_IN if f in acc]
     held_out = [acc[f] for f in HELD_OUT if f in acc]
     return {
         "acc": acc,
         "held_in_acc": sum(held_in) / len(held_in) if held_in else float("nan"),
         "held_out_acc": sum(held_out) / len(held_out) if held_out else float("nan"),
+        "acc_ranked": ranked,
+        "held_out_ranked_acc": sum(ranked.values()) / len(ranked) if ranked else float("nan"),
         "caption_slot_recall": sum(recall) / len(recall) if recall else float("nan"),
         "split": split,
         "per_family": per_family,

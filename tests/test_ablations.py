@@ -95,3 +95,39 @@ def test_finished_jobs_are_reused_only_with_the_same_settings(tmp_path, monkeypa
         raise AssertionError("a stale result was reused")
     except RuntimeError as e:
         assert "retrained" in str(e)
+
+
+def test_workers_die_with_the_suite(tmp_path):
+    """A stopped suite leaves no worker still training into its run folders."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import time\n"
+        "from ablations.runner import _pool\n"
+        "with _pool(2) as pool:\n"
+        "    pool.submit(time.sleep, 60)\n"
+        "    import multiprocessing\n"
+        "    time.sleep(8)\n"
+        "    print(' '.join(str(p.pid) for p in multiprocessing.active_children()), flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert pids, "the pool started no worker"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(2)
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    for pid in alive:  # clean up before failing
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived the suite"

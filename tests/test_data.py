@@ -258,3 +258,13 @@ def test_dense_targets_point_at_each_cells_own_words(seed, kind):
     assert [[phrases[i] for i in row] for row in target] == want
     for row in target:  # each answer lies in its own group
         assert all(lo <= i < hi for i, (lo, hi) in zip(row, groups, strict=True))
+
+
+@pytest.mark.parametrize("family", ["exists", "relation", "compare_count"])
+def test_yes_no_families_are_balanced(family):
+    """A family answered "no" two times in three would let a model score 0.67 without looking."""
+    rng = np.random.default_rng(0)
+    answers = [
+        make_task(sample_scene(rng, SceneConfig(min_objects=2, max_objects=4)), family, rng)[1] for _ in range(2000)
+    ]
+    assert abs(answers.count("yes") / len(answers) - 0.5) < 0.04

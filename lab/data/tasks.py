@@ -41,6 +41,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 HELD_IN = ("caption", "color", "size", "count", "exists", "position")
 HELD_OUT = ("relation", "compare_count")
+# Closed answer sets of the yes/no families: what InstructBLIP-style ranking chooses among.
+ANSWER_SETS = {"exists": ("yes", "no"), "relation": ("yes", "no"), "compare_count": ("yes", "no")}
 FAMILIES = HELD_IN + HELD_OUT
 RELATIONS = ("left of", "right of", "above", "below")
 
@@ -171,9 +173,12 @@ def _position(scene, rng):
 
 
 def _relation(scene, rng):
+    """Yes and no equally often: a relation drawn uniformly holds only a third of the time (two
+    objects share a row or a column), which would let "no" score 0.67 without looking."""
     a, b = (scene.objects[i] for i in rng.choice(len(scene.objects), size=2, replace=False))
-    rel = _pick(rng, RELATIONS)
-    return {"a": a.shape, "b": b.shape, "rel": rel}, "yes" if _holds(rel, a, b) else "no"
+    want = bool(rng.random() < 0.5)
+    rel = _pick(rng, [r for r in RELATIONS if _holds(r, a, b) == want])  # both exist: a, b differ in a cell
+    return {"a": a.shape, "b": b.shape, "rel": rel}, "yes" if want else "no"
 
 
 def _compare_count(scene, rng):
