@@ -83,7 +83,9 @@ def test_greedy_generation(benchmark, models, impl):
     hf, lab, px, ids, mask, instr = models
     hf.eval(), lab.eval()
     if impl == "lab":
-        run = lambda: lab.generate(px, ids, mask, instruction_ids=instr, max_new_tokens=NEW_TOKENS)  # noqa: E731
+        run = lambda: lab.generate(  # noqa: E731
+            px, ids, mask, instruction_ids=instr, max_new_tokens=NEW_TOKENS, eos_token_id=[], pad_token_id=0
+        )
     else:
         run = lambda: hf.generate(  # noqa: E731
             pixel_values=px,

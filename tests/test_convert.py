@@ -90,8 +90,66 @@ def test_greedy_generation_identical(pair):
             **({**kw, "eos_token_id": eos if eos is not None else []}),
             **hf_kw,
         )
-        out = model.generate(px, ids, mask, **kw, **lab_kw)
+        out = model.generate(px, ids, mask, **{**kw, "eos_token_id": eos if eos is not None else []}, **lab_kw)
         assert torch.equal(ref, out), (ref[:, -10:], out[:, -10:])
+
+
+def test_generation_keywords_match_transformers(pair):
+    """min_new_tokens, several eos ids and repetition_penalty mean what they mean in transformers."""
+    hf, model = pair
+    px = F.pixels(hf.config)
+    ids, mask = F.prompt(hf.config, pad_rows=(1,), left=True)
+    hf_kw, lab_kw = instruction(hf)
+    with torch.no_grad():
+        first = hf.generate(pixel_values=px, input_ids=ids, attention_mask=mask, max_new_tokens=3, **hf_kw)
+    eos = sorted({int(t) for t in first[:, -3:].flatten()})[:2]  # ids greedy decoding does emit
+    kw = dict(max_new_tokens=8, min_new_tokens=4, eos_token_id=eos, pad_token_id=0, repetition_penalty=1.3)
+    ref = hf.generate(pixel_values=px, input_ids=ids, attention_mask=mask, do_sample=False, **kw, **hf_kw)
+    out = model.generate(px, ids, mask, **kw, **lab_kw)
+    assert torch.equal(ref, out), (ref[:, -8:], out[:, -8:])
+
+
+def test_generation_defaults_come_from_the_checkpoint(pair, tmp_path):
+    """Keywords left out come from the checkpoint's generation_config.json, as in transformers.
+    (transformers' BLIP-2 / InstructBLIP generate hands over to the language model and does not
+    read that file; lab reads it for every family, so only LLaVA has a reference to match.)"""
+    hf, _ = pair
+    if hf.config.model_type != "llava":
+        pytest.skip("transformers' BLIP-2 / InstructBLIP generate ignores generation_config.json")
+    hf.generation_config.max_new_tokens = 4
+    hf.generation_config.min_new_tokens = 2
+    hf.generation_config.eos_token_id = [5, 7]
+    hf.generation_config.pad_token_id = 0
+    try:
+        hf.save_pretrained(tmp_path)
+        model = lab.load_pretrained(tmp_path)
+        px = F.pixels(hf.config)
+        ids, mask = F.prompt(hf.config, left=True)
+        hf_kw, lab_kw = instruction(hf)
+        with torch.no_grad():
+            ref = hf.generate(pixel_values=px, input_ids=ids, attention_mask=mask, **hf_kw)
+        assert torch.equal(ref, model.generate(px, ids, mask, **lab_kw))
+        assert torch.equal(ref, from_transformers(hf).generate(px, ids, mask, **lab_kw))
+    finally:
+        hf.generation_config = tf.GenerationConfig.from_model_config(hf.config)
+
+
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        (dict(num_beams=0), "num_beams"),
+        (dict(top_p=0.0, do_sample=True), "top_p"),
+        (dict(top_k=-1, do_sample=True), "top_k"),
+        (dict(temperature=0.0, do_sample=True), "temperature"),
+        (dict(min_new_tokens=-1), "min_new_tokens"),
+    ],
+)
+def test_invalid_generation_values_name_the_argument(kw, name):
+    hf = CASES["llava-base"]()
+    model = from_transformers(hf).eval()
+    ids, mask = F.prompt(hf.config, left=True)
+    with pytest.raises(ValueError, match=name):
+        model.generate(F.pixels(hf.config), ids, mask, **kw)
 
 
 def test_round_trip_is_exact(pair):

@@ -25,6 +25,7 @@ from lab.models import VisionLanguageModel, VLMConfig
 
 log = logging.getLogger("lab")
 LAB_CONFIG = "lab_config.json"
+GENERATION_CONFIG = "generation_config.json"
 
 __all__ = [
     "CheckpointError",
@@ -46,7 +47,17 @@ def from_transformers(hf_model: Any, **overrides: Any) -> VisionLanguageModel:
     if name not in FAMILIES.values():
         raise UnsupportedModelError(f"unsupported architecture {name}; lab converts {sorted(FAMILIES.values())}")
     cfg = lab_config_from_hf(hf_model.config)
-    return _build(cfg, hf_model.state_dict(), family_of_hf(hf_model.config), overrides)
+    model = _build(cfg, hf_model.state_dict(), family_of_hf(hf_model.config), overrides)
+    gc = getattr(hf_model, "generation_config", None)
+    model.generation_config = _generation_defaults(gc.to_dict() if gc is not None else {})
+    return model
+
+
+def _generation_defaults(d: dict) -> dict:
+    """The generate keywords lab honours, as a checkpoint's generation config sets them."""
+    from lab.models.vlm import GENERATION_DEFAULTS
+
+    return {k: d[k] for k in GENERATION_DEFAULTS if d.get(k) is not None}
 
 
 def _build(cfg: VLMConfig, hf_sd, family: str, overrides: dict) -> VisionLanguageModel:
@@ -146,6 +157,12 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, **overri
         model.load_state_dict(tensors)
     else:
         raise CheckpointError(f"{path} has neither config.json (transformers) nor {LAB_CONFIG} (lab)")
+    gen_file = path / GENERATION_CONFIG
+    if gen_file.exists():
+        try:
+            model.generation_config = _generation_defaults(json.loads(gen_file.read_text()))
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise CheckpointError(f"{gen_file} is not a readable generation config ({e})") from None
     model.eval()  # like transformers' from_pretrained: dropout off until the caller calls .train()
     return model.to(dtype) if dtype is not None else model
 
@@ -157,6 +174,8 @@ def save_pretrained(model: VisionLanguageModel, path: str | Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     (path / LAB_CONFIG).write_text(json.dumps(model.cfg.to_dict(), indent=2))
+    if model.generation_config:  # transformers reads the same file as its GenerationConfig
+        (path / GENERATION_CONFIG).write_text(json.dumps(model.generation_config, indent=2))
     try:
         family = family_of_lab(model.cfg)
     except UnsupportedModelError:

@@ -7,6 +7,39 @@ import torch
 from lab.models.llm import KVCache, LanguageModel
 
 
+def check_generation_args(
+    max_new_tokens: int,
+    min_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    num_beams: int,
+    repetition_penalty: float,
+) -> None:
+    """transformers' meaning, and its refusals: each bad value is a ValueError naming the argument."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if min_new_tokens < 0:
+        raise ValueError(f"min_new_tokens must be >= 0, got {min_new_tokens}")
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+    if num_beams > 1 and do_sample:
+        raise ValueError("beam search with sampling is not supported: use num_beams=1 or do_sample=False")
+
+
+def eos_ids(eos_token_id: int | list[int] | None) -> list[int]:
+    return [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+
+
 def generate(
     llm: LanguageModel,
     input_ids: torch.Tensor,
@@ -18,10 +51,19 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     num_beams: int = 1,
-    eos_token_id: int | None = None,
+    eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     generator: torch.Generator | None = None,
+    min_new_tokens: int = 0,
+    repetition_penalty: float = 1.0,
+    length_penalty: float = 1.0,
 ) -> torch.Tensor:
+    """Prompt plus new tokens. `eos_token_id` (one id or several) ends a row; none given: rows run to
+    `max_new_tokens`. `min_new_tokens` forbids eos before that many; `repetition_penalty` divides
+    (multiplies, if negative) the logits of every token already in the row, prompt included."""
+    check_generation_args(
+        max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, num_beams, repetition_penalty
+    )
     b, t = input_ids.shape
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -29,24 +71,30 @@ def generate(
         raise ValueError("generate needs left-padded prompts: some rows end in padding (attention_mask[:, -1] == 0)")
     if max_new_tokens < 1:
         return input_ids
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    eos = eos_ids(eos_token_id)
     if num_beams > 1:
-        if do_sample:
-            raise ValueError("beam search with sampling is not supported: use num_beams=1 or do_sample=False")
-        return _beam_search(llm, input_ids, embeds, attention_mask, max_new_tokens, num_beams, eos_token_id)
-    pad = eos_token_id if pad_token_id is None else pad_token_id
+        return _beam_search(llm, input_ids, embeds, attention_mask, max_new_tokens, num_beams, eos, length_penalty)
+    pad = pad_token_id if pad_token_id is not None else eos[0] if eos else 0
+    eos_t = torch.tensor(eos, dtype=torch.long, device=input_ids.device)
     cache = KVCache(llm.cfg, b, t + max_new_tokens, embeds.device, embeds.dtype)
     logits = llm(embeds, attention_mask, cache=cache, last_only=True)[:, -1]
     done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
     out = [input_ids]
     for step in range(max_new_tokens):
-        token = _pick(logits.float(), do_sample, temperature, top_k, top_p, generator)
-        if eos_token_id is not None:
+        scores = logits.float()
+        if repetition_penalty != 1.0:
+            seen = torch.cat(out, dim=1)
+            picked = scores.gather(1, seen)
+            picked = torch.where(picked < 0, picked * repetition_penalty, picked / repetition_penalty)
+            scores = scores.scatter(1, seen, picked)
+        if step < min_new_tokens and eos:
+            scores[:, eos_t] = float("-inf")
+        token = _pick(scores, do_sample, temperature, top_k, top_p, generator)
+        if eos:
             token = torch.where(done, torch.full_like(token, pad), token)
-            done |= token == eos_token_id
+            done |= torch.isin(token, eos_t)
         out.append(token[:, None])
-        if (eos_token_id is not None and bool(done.all())) or step == max_new_tokens - 1:
+        if (eos and bool(done.all())) or step == max_new_tokens - 1:
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
         logits = llm(llm.embed(token[:, None]), attention_mask, cache=cache)[:, -1]
@@ -57,10 +105,10 @@ def _pick(logits, do_sample, temperature, top_k, top_p, generator) -> torch.Tens
     if not do_sample:
         return logits.argmax(-1)
     logits = logits / temperature
-    if top_k is not None:
+    if top_k:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
+    if top_p is not None and top_p < 1.0:
         sorted_logits, order = logits.sort(-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
@@ -68,8 +116,8 @@ def _pick(logits, do_sample, temperature, top_k, top_p, generator) -> torch.Tens
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
-def _beam_search(llm, input_ids, embeds, attention_mask, max_new_tokens, k, eos) -> torch.Tensor:
-    """Standard beam search with length-normalised scores (sum log p / new tokens)."""
+def _beam_search(llm, input_ids, embeds, attention_mask, max_new_tokens, k, eos, length_penalty) -> torch.Tensor:
+    """Standard beam search; a hypothesis scores sum log p / new_tokens ** length_penalty."""
     b, t = input_ids.shape
     vocab = llm.cfg.vocab_size
     rep = lambda x: x.repeat_interleave(k, dim=0)  # noqa: E731
@@ -90,9 +138,9 @@ def _beam_search(llm, input_ids, embeds, attention_mask, max_new_tokens, k, eos)
             slot = 0
             for j in range(2 * k):
                 parent = row * k + int(beam[row, j])
-                if eos is not None and int(token[row, j]) == eos:
+                if int(token[row, j]) in eos:
                     seq = torch.cat([ids[parent], token[row, j : j + 1]])
-                    finished[row].append((float(top[row, j]) / (step + 1), seq))
+                    finished[row].append((float(top[row, j]) / (step + 1) ** length_penalty, seq))
                     continue
                 new_scores[row, slot], src[row, slot], tok[row, slot] = top[row, j], parent, token[row, j]
                 slot += 1
@@ -103,8 +151,8 @@ def _beam_search(llm, input_ids, embeds, attention_mask, max_new_tokens, k, eos)
         ids = torch.cat([ids[flat_src], tok.view(-1, 1)], dim=1)
         mask = torch.cat([mask[flat_src], mask.new_ones(b * k, 1)], dim=1)
         cache.reorder(flat_src)
-        best_open = scores.max(-1).values / (step + 1)
-        if eos is not None and all(
+        best_open = scores.max(-1).values / (step + 1) ** length_penalty
+        if eos and all(
             len(finished[r]) >= k and max(s for s, _ in finished[r]) >= float(best_open[r]) for r in range(b)
         ):
             break
@@ -115,10 +163,10 @@ def _beam_search(llm, input_ids, embeds, attention_mask, max_new_tokens, k, eos)
     results = []
     for row in range(b):
         for j in range(k):
-            finished[row].append((float(scores[row, j]) / n_new, ids[row * k + j]))
+            finished[row].append((float(scores[row, j]) / n_new**length_penalty, ids[row * k + j]))
         results.append(max(finished[row], key=lambda x: x[0])[1])
     width = max(r.shape[0] for r in results)
-    pad = eos if eos is not None else 0
+    pad = eos[0] if eos else 0
     out = torch.full((b, width), pad, dtype=input_ids.dtype, device=input_ids.device)
     for row, seq in enumerate(results):
         out[row, : seq.shape[0]] = seq

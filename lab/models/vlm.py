@@ -53,9 +53,26 @@ class VLMOutput:
     loss: torch.Tensor | None = None
 
 
+# transformers' generate keywords that lab honours, with transformers' defaults.
+GENERATION_DEFAULTS = {
+    "max_new_tokens": 20,
+    "min_new_tokens": 0,
+    "do_sample": False,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+    "num_beams": 1,
+    "length_penalty": 1.0,
+    "repetition_penalty": 1.0,
+    "eos_token_id": None,
+    "pad_token_id": None,
+}
+
+
 class VisionLanguageModel(nn.Module):
     def __init__(self, cfg: VLMConfig) -> None:
         super().__init__()
+        self.generation_config: dict = {}  # a checkpoint's generate defaults (lab.convert fills it)
         self.cfg = cfg
         self.vision = VisionEncoder(cfg.vision)
         self.connector = build_connector(cfg.connector, cfg.vision.hidden_size, cfg.llm.hidden_size)
@@ -123,34 +140,27 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
-        max_new_tokens: int = 20,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        num_beams: int = 1,
-        eos_token_id: int | None = None,
-        pad_token_id: int | None = None,
         generator: torch.Generator | None = None,
+        **kwargs,
     ) -> torch.Tensor:
-        """Prompt plus up to `max_new_tokens` tokens per row `b (t + new)`.
+        """Prompt plus new tokens per row `b (t + new)`, with transformers' keywords and meaning:
+        max_new_tokens, min_new_tokens, eos_token_id (int or list; [] never stops), pad_token_id,
+        do_sample, temperature, top_k, top_p, num_beams, length_penalty, repetition_penalty.
 
-        Padded prompts must be left-padded. Rows that finish (eos) are filled with
-        `pad_token_id` (default: eos) until every row has finished."""
+        A keyword left out (or None) comes from `self.generation_config` (a checkpoint's
+        generation_config.json, set by lab.convert), then, for eos and pad, from the LLM's config.
+        Padded prompts must be left-padded; rows that finish are filled with pad (default: eos)."""
+        unknown = sorted(set(kwargs) - set(GENERATION_DEFAULTS))
+        if unknown:
+            raise TypeError(f"generate got unknown keyword(s) {unknown}; allowed: {sorted(GENERATION_DEFAULTS)}")
+        args = {}
+        for key, default in GENERATION_DEFAULTS.items():
+            value = kwargs.get(key)
+            if value is None:
+                value = self.generation_config.get(key)
+            if value is None and key in ("eos_token_id", "pad_token_id"):
+                value = getattr(self.cfg.llm, key)
+            args[key] = default if value is None else value
         visual = self.visual_embeddings(pixel_values, instruction_ids, instruction_mask)
         embeds = self.input_embeddings(input_ids, visual)
-        return generate(
-            self.llm,
-            input_ids,
-            embeds,
-            attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            num_beams=num_beams,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            generator=generator,
-        )
+        return generate(self.llm, input_ids, embeds, attention_mask, generator=generator, **args)
