@@ -7,8 +7,8 @@ shared by every comparison. Training goes through `lab.train.train`, evaluation 
 
 Resumable: each finished (comparison, variant, seed) writes `result.json` into its run folder,
 and a rerun with the same settings reuses it, so a stopped suite continues where it stopped. The
-fingerprint covers the settings (budget, regime, config file, recipe), not lab's code: after
-changing the code, give a fresh `--work` folder.
+fingerprint covers the settings (budget, regime, config file, recipe) and `PROTOCOL`, not lab's
+code: a code change that alters what the numbers mean bumps `PROTOCOL` (or use a fresh `--work`).
 Parallel: `--workers N` runs N jobs at once, each with one torch thread (two 1-thread runs on
 2 cores train 1.75× as many samples per second as one 2-thread run; two runs with default
 threads oversubscribe the cores and crawl).
@@ -271,7 +271,7 @@ class Runner:
         jobs = [(c.name, v, s) for s in seeds for c in comparisons for v in c.variants]
         clock = SuiteClock(self.out / "suite.json", self.fingerprint("suite"), len(jobs), self.args)
         with _pool(self.args.workers) as pool:
-            clock.reused |= any(pool.map(_call, [(self, "stage0", (s,)) for s in seeds]))
+            clock.reused |= any(list(pool.map(_call, [(self, "stage0", (s,)) for s in seeds])))  # every seed first
             probes = pool.submit(_call, (self, "stage0_probes", (0,)))
             runs = []
             for r in pool.map(_call, [(self, "run_variant", j) for j in jobs]):
