@@ -271,6 +271,23 @@ def test_resume_starts_runs_that_have_no_checkpoint_yet(tmp_path):
     assert steps == [1, 2]
 
 
+def test_an_older_run_folder_still_resumes(tmp_path):
+    """A config saved before a key was renamed (connector.impl -> mlp_impl) or added (data.truncate)
+    still matches: resume reads it as this version would."""
+    run = tmp_path / "old"
+    c = cfg("instruct", 2)
+    train(c, run, progress=False)
+    saved = json.loads((run / "train_config.json").read_text())
+    saved["model"]["connector"]["impl"] = saved["model"]["connector"].pop("mlp_impl")
+    del saved["data"]["truncate"]
+    (run / "train_config.json").write_text(json.dumps(saved))
+    assert train(c, run, resume=True, progress=False)["steps"] == 2
+    saved["optim"]["lr"] = 0.5  # a real difference is still refused
+    (run / "train_config.json").write_text(json.dumps(saved))
+    with pytest.raises(RunError, match="optim.lr"):
+        train(c, run, resume=True, progress=False)
+
+
 def test_one_writer_per_run_folder(tmp_path):
     held = trainer._lock(tmp_path / "run")  # another open file description holds the lock
     try:

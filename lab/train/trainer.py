@@ -25,6 +25,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 import lab
+from lab.config import ConfigError
 from lab.data import scene_tokenizer
 from lab.data.datasets import llava_texts, read_llava_records
 from lab.data.tokenizer import WordTokenizer, load_tokenizer
@@ -307,7 +308,7 @@ def _start_or_resume(cfg, run: RunDir, stage, opt, sched, tok, resume, inherited
         log.info("--resume: %s holds no run yet; starting it", out)
         fresh = True
     elif resume:
-        diff = config_difference(json.loads(run.train_config_file.read_text()), _resumable(cfg))
+        diff = config_difference(_saved_config(run), _resumable(cfg))
         if diff:
             raise RunError(f"--resume: {out} was trained with another config; differences: {diff}")
         ckpt = latest_checkpoint(out)
@@ -364,6 +365,17 @@ def export(stage: Stage, out: Path, summary: dict) -> None:
         run.heads_file.parent.mkdir(exist_ok=True)
         save_file(state_tensors(stage.aux), run.heads_file)
     run.summary_file.write_text(json.dumps(summary, indent=2))
+
+
+def _saved_config(run: RunDir) -> dict:
+    """The run's saved config as this version reads it: keys renamed since (Config.RENAMED) take
+    their new names and keys added since take their defaults, so an older run folder still resumes.
+    One that no longer parses is compared as written, and the difference names the key."""
+    saved = json.loads(run.train_config_file.read_text())
+    try:
+        return _resumable(TrainConfig.from_dict(saved))
+    except (ConfigError, TypeError):
+        return saved
 
 
 def _resumable(cfg: TrainConfig) -> dict:
