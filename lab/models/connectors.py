@@ -4,6 +4,8 @@
   projection into the LLM width (BLIP-2, InstructBLIP). Fixed token budget per image.
 - `linear`: project every patch feature (LLaVA-1).
 - `mlp`: Linear, GELU, Linear on every patch feature (LLaVA-1.5).
+- `perceiver`: Flamingo's Perceiver Resampler, `num_latents` learned latents reading the image,
+  then a linear projection into the LLM width. Fixed token budget, like the Q-Former.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import torch
 from torch import nn
 
 from lab.config import Config, ConfigError, check_choice
+from lab.models.perceiver import PerceiverConfig, PerceiverResampler
 from lab.models.qformer import QFormer, QFormerConfig
 from lab.models.vision import ACTIVATIONS
 
-CONNECTORS = ("qformer", "linear", "mlp")
+CONNECTORS = ("qformer", "linear", "mlp", "perceiver")
 PROJECTOR_IMPLS = ("eager", "triton")
 
 
@@ -26,6 +29,7 @@ PROJECTOR_IMPLS = ("eager", "triton")
 class ConnectorConfig(Config):
     kind: str = "qformer"
     qformer: QFormerConfig | None = None  # required for kind="qformer"
+    perceiver: PerceiverConfig | None = None  # required for kind="perceiver"
     bias: bool = True
     hidden_act: str = "gelu"  # mlp only
     # mlp only: "triton" runs kernels.mlp_projector (exact GELU, fused); named like qformer.attn_impl
@@ -41,12 +45,18 @@ class ConnectorConfig(Config):
             self.qformer = QFormerConfig()
         if self.kind != "qformer" and self.qformer is not None:
             raise ConfigError(f"connector.qformer is set but connector.kind={self.kind!r}")
+        if self.kind == "perceiver" and self.perceiver is None:
+            self.perceiver = PerceiverConfig()
+        if self.kind != "perceiver" and self.perceiver is not None:
+            raise ConfigError(f"connector.perceiver is set but connector.kind={self.kind!r}")
         if self.mlp_impl == "triton" and (self.kind != "mlp" or self.hidden_act != "gelu"):
             raise ConfigError("connector.mlp_impl='triton' needs kind='mlp' with hidden_act='gelu'")
 
     def num_tokens(self, num_features: int) -> int:
         """LLM tokens per image."""
-        return self.qformer.num_query_tokens if self.kind == "qformer" else num_features
+        if self.kind == "qformer":
+            return self.qformer.num_query_tokens
+        return self.perceiver.num_latents if self.kind == "perceiver" else num_features
 
 
 class QFormerConnector(nn.Module):
@@ -91,6 +101,17 @@ class MLPConnector(nn.Module):
         return self.fc2(self.act(self.fc1(features)))
 
 
+class PerceiverConnector(nn.Module):
+    def __init__(self, cfg: ConnectorConfig, vision_dim: int, llm_dim: int) -> None:
+        super().__init__()
+        self.resampler = PerceiverResampler(cfg.perceiver, vision_dim)
+        self.proj = nn.Linear(vision_dim, llm_dim, bias=cfg.bias)
+
+    def forward(self, features, instruction_ids=None, instruction_mask=None) -> torch.Tensor:
+        _refuse_instruction(instruction_ids)
+        return self.proj(self.resampler(features))
+
+
 def _refuse_instruction(instruction_ids: torch.Tensor | None) -> None:
     if instruction_ids is not None:
         raise ValueError(
@@ -100,5 +121,6 @@ def _refuse_instruction(instruction_ids: torch.Tensor | None) -> None:
 
 
 def build_connector(cfg: ConnectorConfig, vision_dim: int, llm_dim: int) -> nn.Module:
-    cls = {"qformer": QFormerConnector, "linear": LinearConnector, "mlp": MLPConnector}[cfg.kind]
+    kinds = {"qformer": QFormerConnector, "linear": LinearConnector, "mlp": MLPConnector}
+    cls = {**kinds, "perceiver": PerceiverConnector}[cfg.kind]
     return cls(cfg, vision_dim, llm_dim)

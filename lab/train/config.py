@@ -156,8 +156,10 @@ def set_override(data: dict, key: str, value: Any) -> None:
                 raise ConfigError(f"override {key}: {p!r} is a value, not a section")
         node = node[p]
     node[leaf] = value
-    if leaf == "kind" and parents[-1:] == ["connector"] and value != "qformer":
-        node.pop("qformer", None)  # a linear/MLP connector has no Q-Former section
+    if leaf == "kind" and parents[-1:] == ["connector"]:
+        for section in ("qformer", "perceiver"):  # only the chosen kind keeps its section
+            if value != section:
+                node.pop(section, None)
     # kind="qformer" without a section: ConnectorConfig fills QFormerConfig(), as it does for YAML
 
 
