@@ -130,6 +130,7 @@ def test_generation_defaults_come_from_the_checkpoint(pair, tmp_path):
             ref = hf.generate(pixel_values=px, input_ids=ids, attention_mask=mask, **hf_kw)
         assert torch.equal(ref, model.generate(px, ids, mask, **lab_kw))
         assert torch.equal(ref, from_transformers(hf).generate(px, ids, mask, **lab_kw))
+        assert to_transformers(model).generation_config.max_new_tokens == 4  # and back again
     finally:
         hf.generation_config = tf.GenerationConfig.from_model_config(hf.config)
 

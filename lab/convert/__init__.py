@@ -101,6 +101,8 @@ def to_transformers(model: VisionLanguageModel) -> Any:
         raise CheckpointError(
             f"transformers model did not take lab's weights: missing {missing}, unexpected {unexpected}"
         )
+    for key, value in model.generation_config.items():  # the checkpoint's generate defaults travel too
+        setattr(hf_model.generation_config, key, value)
     return hf_model.to(next(model.parameters()).dtype).eval()
 
 
