@@ -30,6 +30,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image-folder", help="folder holding the images named in --data")
     p.add_argument("--seed", type=int)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--threads", type=int, help="torch threads (default: this process's CPUs / lab trainings running now)"
+    )
     return p
 
 
@@ -53,8 +56,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.threads is not None and args.threads < 1:
+        print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    import torch
+
+    from lab.train import threads
     from lab.train.trainer import RunError, train
 
+    n, why = threads.auto_threads()  # registers this training, so the next one counts it
+    if args.threads is not None:
+        n, why = args.threads, f"{args.threads} torch thread(s) (--threads)"
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    logging.getLogger("lab").info(why)
     try:
         summary = train(cfg, args.out, args.init, args.resume, progress=not args.no_progress)
     except (RunError, FileNotFoundError, ValueError, FloatingPointError) as e:
@@ -65,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"{e}", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(before)  # an in-process caller keeps its own setting
+        threads.unregister()
     print(f"done: {summary['steps']} steps, {summary['samples_per_s']:.0f} samples/s -> {args.out}")
     return 0
 
