@@ -326,7 +326,7 @@ class SuiteClock:
     is unknown and says so: `wall_s` is None."""
 
     def __init__(self, path: Path, key: str, jobs: int, args) -> None:
-        self.path, self.key, self.t0 = path, key, time.perf_counter()
+        self.path, self.t0 = path, time.perf_counter()
         prev = json.loads(path.read_text()) if path.exists() else {}
         self.prev = prev if prev.get("fingerprint") == key and prev.get("wall_s") is not None else None
         self.reused = False

@@ -149,11 +149,11 @@ def check_lengths(data, collator: Collator, name: str) -> int:
         return 0
     bad, cut = [], 0
     for i in range(len(data)):
-        n = len(collator.encode_full(data.text_sample(i))[0])
-        if n <= collator.max_length:
+        sample = data.text_sample(i)
+        if len(collator.encode_full(sample)[0]) <= collator.max_length:
             continue
         try:
-            collator.encode(data.text_sample(i))
+            collator.encode(sample)  # raises unless truncate may cut it
             cut += 1
         except SequenceTooLong as e:
             bad.append(f"record {i}: {e}")
