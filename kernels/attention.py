@@ -8,7 +8,7 @@ from einops import rearrange
 
 from kernels import reference
 from kernels.attention_triton import attn_bwd_dkdv, attn_bwd_dq, attn_fwd
-from kernels.dispatch import backend, check, check_same, dot_precision, launches
+from kernels.dispatch import autocast, backend, check, check_same, dot_precision, launches
 
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
 
@@ -132,6 +132,7 @@ def cross_attention(q, k, v, key_padding_mask=None, scale=None) -> torch.Tensor:
     )
     check(d <= 128, f"head dim D={d} > 128 is not supported")
     check(nq >= 1 and k.shape[2] >= 1, f"need Nq >= 1 and Nk >= 1, got {nq} and {k.shape[2]}")
+    q, k, v = autocast(q, k, v)
     check_same({"q": q, "k": k, "v": v, "key_padding_mask": None})
     if key_padding_mask is not None:
         check(key_padding_mask.device == q.device, "key_padding_mask must be on q's device")
@@ -163,6 +164,7 @@ def projected_cross_attention(hidden_q, x, wk, bk, wv, bv, num_heads, key_paddin
     d = dq // num_heads
     check(d <= 128, f"head dim D={d} > 128 is not supported")
     check(nq >= 1 and nk >= 1, f"need Nq >= 1 and Nk >= 1, got {nq} and {nk}")
+    hidden_q, x, wk, bk, wv, bv = autocast(hidden_q, x, wk, bk, wv, bv)
     check_same({"hidden_q": hidden_q, "x": x, "wk": wk, "bk": bk, "wv": wv, "bv": bv})
     _check_mask(key_padding_mask, b, nk)
     if backend(x) == "reference":

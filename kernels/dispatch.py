@@ -46,6 +46,18 @@ def check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def autocast(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The inputs as autocast would give them to a matmul: under `torch.autocast` on their device,
+    floating tensors in the autocast dtype (else unchanged). Without this, a bf16 activation and an
+    fp32 weight or image feature reach the kernel together (the eager path would have cast them)."""
+    first = next(t for t in tensors if t is not None)
+    kind = first.device.type
+    if not torch.is_autocast_enabled(kind):
+        return tensors
+    dtype = torch.get_autocast_dtype(kind)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
 def check_same(name_tensors: dict[str, torch.Tensor]) -> None:
     """Same dtype and device for every tensor; the message names the odd one out."""
     items = [(n, t) for n, t in name_tensors.items() if t is not None]

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from kernels import reference
-from kernels.dispatch import backend, check, check_same, dot_precision, interpreting, launches
+from kernels.dispatch import autocast, backend, check, check_same, dot_precision, interpreting, launches
 
 
 # C[m, n] = Σ_k A[m, k] W[n, k] + bias[n], then optionally GELU(c) = c · Φ(c) = ½ c (1 + erf(c / √2)).
@@ -117,6 +117,7 @@ def mlp_projector(x, w1, b1, w2, b2) -> torch.Tensor:
     check(tuple(b1.shape) == (dh,), f"b1 must be [Dh={dh}], got {list(b1.shape)}")
     check(w2.ndim == 2 and w2.shape[1] == dh, f"w2 must be [Dout, Dh={dh}], got {list(w2.shape)}")
     check(tuple(b2.shape) == (w2.shape[0],), f"b2 must be [Dout={w2.shape[0]}], got {list(b2.shape)}")
+    x, w1, b1, w2, b2 = autocast(x, w1, b1, w2, b2)
     check_same({"x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2})
     if backend(x) == "reference":
         return reference.mlp_projector(x, w1, b1, w2, b2)

@@ -168,6 +168,22 @@ def test_float16_runs_and_is_close():
     assert (out.double() - R.cross_attention(*theirs)).abs().max() < 5e-3
 
 
+def test_autocast_casts_inputs_like_a_matmul():
+    """Under autocast an fp16 activation meets fp32 weights and image features (the eager path's
+    matmuls would cast them): every wrapper casts its inputs to the autocast dtype, as autocast does."""
+    theirs, ours = _pairs((2, 4, 16), (2, 6, 8), (16, 8), (16,), (16, 8), (16,), scale=0.5)
+    ours[0] = ours[0].detach().half().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = kernels.projected_cross_attention(*ours, 2)
+        y = kernels.mlp_projector(
+            theirs[1].float(), torch.randn(16, 8), torch.randn(16), torch.randn(4, 16), torch.randn(4)
+        )
+    assert out.dtype == torch.float16 and y.dtype == torch.float16
+    assert (out.double() - R.projected_cross_attention(*theirs, 2)).abs().max() < 1e-2
+    out.float().sum().backward()
+    assert ours[2].grad.dtype == torch.float32  # the fp32 weight gets an fp32 gradient through the cast
+
+
 def test_shape_dtype_device_errors_are_named():
     q = torch.randn(1, 2, 4, 8)
     with pytest.raises(ValueError, match=r"k/v \[1, 3, 6, 8\] must be \[B=1, H=2, Nk, D=8\]"):
