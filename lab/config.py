@@ -38,7 +38,7 @@ class Config:
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for name, value in data.items():
-            sub = _config_type(hints[name])
+            sub = _config_type(hints[name], value)
             if sub is not None and isinstance(value, dict):
                 value = sub.from_dict(value)
             elif sub is not None and value is not None and not isinstance(value, Config):
@@ -52,13 +52,17 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-def _config_type(hint: Any) -> type[Config] | None:
-    """The Config subclass inside a hint such as `QFormerConfig | None`, if any."""
-    candidates = typing.get_args(hint) or (hint,)
-    for c in candidates:
-        if isinstance(c, type) and issubclass(c, Config):
-            return c
-    return None
+def _config_type(hint: Any, value: Any = None) -> type[Config] | None:
+    """The Config subclass inside a hint such as `QFormerConfig | None`, if any. Where the hint
+    names several (`LLMConfig | OPTConfig`), the value's "family" key picks the one whose
+    `family` default it is; without that key, the first."""
+    candidates = [c for c in typing.get_args(hint) or (hint,) if isinstance(c, type) and issubclass(c, Config)]
+    if len(candidates) > 1 and isinstance(value, dict) and "family" in value:
+        families = {c.__dataclass_fields__["family"].default: c for c in candidates}
+        if value["family"] not in families:
+            raise ConfigError(f"unknown family {value['family']!r}; choose from {sorted(families)}")
+        return families[value["family"]]
+    return candidates[0] if candidates else None
 
 
 def _check_type(owner: str, name: str, hint: Any, value: Any) -> Any:

@@ -7,6 +7,7 @@
       run.json            stage, components holding trained weights, throughput
       metrics.jsonl       one line per optimizer step
       heads/model.safetensors   the stage's own heads (contrastive, stage 1), outside the VLM
+      adapters/llm/, adapters/vision/   LoRA adapters as peft adapter folders (`lab.models.lora`)
       checkpoints/step-NNNNNN/, checkpoints/latest   (`lab.train.checkpoint`)
       .lock               held by the one process writing the run
 
@@ -47,6 +48,9 @@ class RunDir:
     @property
     def heads_file(self) -> Path:
         return self.root / "heads" / "model.safetensors"
+
+    def adapters(self, part: str) -> Path:
+        return self.root / "adapters" / part
 
     @property
     def checkpoints(self) -> Path:

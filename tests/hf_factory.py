@@ -25,6 +25,23 @@ def llama(hidden=32, heads=4, kv_heads=2, layers=2, vocab=96, tie=False, head_di
     ).to_dict()
 
 
+def opt(hidden=32, heads=4, layers=2, vocab=96, pre_norm=True, tie=True, proj_dim=None):
+    return tf.OPTConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        ffn_dim=2 * hidden + 8,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=128,
+        do_layer_norm_before=pre_norm,
+        word_embed_proj_dim=proj_dim or hidden,
+        tie_word_embeddings=tie,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=1,
+    ).to_dict()
+
+
 def vision(hidden=32, heads=4, layers=2, image=32, patch=8):
     return dict(
         hidden_size=hidden,

@@ -25,6 +25,9 @@ CASES = {
         freq=3,
         queries=6,
     ),
+    "blip2-opt": lambda: F.blip2(text=F.opt()),
+    "blip2-opt-postnorm-untied": lambda: F.blip2(text=F.opt(hidden=48, heads=6, layers=3, pre_norm=False, tie=False)),
+    "instructblip-opt": lambda: F.blip2(instruct=True, text=F.opt(heads=2)),
     "llava-base": lambda: F.llava(),
     "llava-last-full": lambda: F.llava(
         feature_layer=-1, strategy="full", text=F.llama(hidden=40, heads=5, kv_heads=5, theta=500000.0)
@@ -209,25 +212,19 @@ def test_missing_and_mismatched_tensors_are_named(tmp_path):
 
 
 def test_unsupported_architecture_and_text_model():
-    with pytest.raises(UnsupportedModelError, match="unsupported architecture"):
-        from_transformers(
-            tf.LlamaForCausalLM(
-                tf.LlamaConfig(**{k: v for k, v in F.llama().items() if k in ("vocab_size", "hidden_size")})
-            )
-        )
-    opt = tf.OPTConfig(
-        vocab_size=96, hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=4, word_embed_proj_dim=32
-    ).to_dict()
+    with pytest.raises(UnsupportedModelError, match="unsupported architecture GPT2LMHeadModel"):
+        from_transformers(tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=96, n_embd=32, n_layer=1, n_head=4)))
+    gpt2 = tf.GPT2Config(vocab_size=96, n_embd=32, n_layer=1, n_head=4).to_dict()
     cfg = tf.Blip2Config(
         vision_config=F.vision(),
-        text_config=opt,
+        text_config=gpt2,
         num_query_tokens=4,
         image_token_index=5,
         qformer_config=dict(
             hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=64, encoder_hidden_size=32
         ),
     )
-    with pytest.raises(UnsupportedModelError, match="unsupported text model 'opt'"):
+    with pytest.raises(UnsupportedModelError, match="unsupported text model 'gpt2'"):
         from_transformers(tf.Blip2ForConditionalGeneration(cfg))
 
 

@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lab.config import ConfigError
 from lab.convert.configs import (
     FAMILIES,
     UnsupportedModelError,
@@ -19,9 +20,11 @@ from lab.convert.configs import (
     family_of_lab,
     hf_config_from_lab,
     lab_config_from_hf,
+    llm_config_from_hf,
 )
 from lab.convert.weights import CheckpointError, hf_to_lab, lab_to_hf, to_disk_names
-from lab.models import VisionLanguageModel, VLMConfig
+from lab.models import CausalLM, QFormer, QFormerConfig, VisionLanguageModel, VLMConfig, lora
+from lab.rundir import RunDir
 
 log = logging.getLogger("lab")
 LAB_CONFIG = "lab_config.json"
@@ -33,6 +36,7 @@ __all__ = [
     "from_transformers",
     "to_transformers",
     "load_pretrained",
+    "qformer_from_bert",
     "save_pretrained",
 ]
 
@@ -41,21 +45,98 @@ def _expected(model: VisionLanguageModel) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
-def from_transformers(hf_model: Any, **overrides: Any) -> VisionLanguageModel:
-    """A lab model with the weights of a transformers Blip2/InstructBlip/Llava ForConditionalGeneration."""
+CAUSAL_LMS = ("LlamaForCausalLM", "OPTForCausalLM")
+
+
+def from_transformers(hf_model: Any, **overrides: Any) -> VisionLanguageModel | CausalLM:
+    """A lab model with the weights of a transformers Blip2/InstructBlip/Llava ForConditionalGeneration,
+    or, for a bare `LlamaForCausalLM` / `OPTForCausalLM`, lab's language model (`CausalLM`)."""
     name = type(hf_model).__name__
-    if name not in FAMILIES.values():
-        raise UnsupportedModelError(f"unsupported architecture {name}; lab converts {sorted(FAMILIES.values())}")
-    cfg = lab_config_from_hf(hf_model.config)
-    model = _build(cfg, hf_model.state_dict(), family_of_hf(hf_model.config), overrides)
+    if name in CAUSAL_LMS:
+        model = _causal_lm(hf_model)
+    elif name in FAMILIES.values():
+        cfg = lab_config_from_hf(hf_model.config)
+        model = _build(cfg, hf_model.state_dict(), family_of_hf(hf_model.config), overrides)
+    else:
+        known = sorted([*FAMILIES.values(), *CAUSAL_LMS])
+        raise UnsupportedModelError(f"unsupported architecture {name}; lab converts {known}")
     gc = getattr(hf_model, "generation_config", None)
     model.generation_config = _generation_defaults(gc.to_dict() if gc is not None else {})
     return model
 
 
+def _causal_lm(hf_model: Any) -> CausalLM:
+    """The decoder's tensors carry the names they have inside BLIP-2 once prefixed with
+    `language_model.`, so BLIP-2's renaming rules (Llama or OPT) map them."""
+    cfg = llm_config_from_hf(hf_model.config)
+    with torch.device("meta"):
+        model = CausalLM(cfg)
+    hf_sd = {f"language_model.{k}": v for k, v in hf_model.state_dict().items()}
+    tensors = hf_to_lab(hf_sd, _expected(model), VLMConfig(llm=cfg), "blip-2")
+    model.load_state_dict(tensors, assign=True, strict=True)
+    if hasattr(model.llm, "rotary"):
+        model.llm.rotary.inv_freq = _fresh_inv_freq(model.llm)
+    return model.eval()
+
+
+def qformer_from_bert(bert: Any, **overrides: Any) -> QFormer:
+    """A Q-Former initialised from a transformers `BertModel`, as BLIP-2 initialises from BERT-base:
+    word and position embeddings, their LayerNorm, and every layer's self-attention and
+    feed-forward come from BERT (the feed-forward into both the text and the query branch);
+    cross-attention and the query tokens are new. BERT adds token-type 0 to every token, so that
+    vector is folded into the position table: the embeddings are BERT's exactly.
+
+    `overrides` set the new parts (num_query_tokens, encoder_hidden_size, cross_attention_frequency,
+    instruction_aware, ...); the BERT-shaped fields come from `bert.config`."""
+    bc = bert.config
+    if bc.model_type != "bert" or getattr(bc, "position_embedding_type", "absolute") != "absolute":
+        raise UnsupportedModelError(f"qformer_from_bert needs a BERT with absolute positions, got {bc.model_type!r}")
+    shape = dict(
+        hidden_size=bc.hidden_size,
+        num_layers=bc.num_hidden_layers,
+        num_heads=bc.num_attention_heads,
+        intermediate_size=bc.intermediate_size,
+        vocab_size=bc.vocab_size,
+        max_position_embeddings=bc.max_position_embeddings,
+        pad_token_id=bc.pad_token_id or 0,
+        layer_norm_eps=bc.layer_norm_eps,
+        hidden_act=bc.hidden_act,
+    )
+    clash = sorted(set(shape) & set(overrides))
+    if clash:
+        raise ConfigError(f"qformer_from_bert: {clash} come from the BERT checkpoint and cannot be overridden")
+    cfg = QFormerConfig(**shape, **{"text_input": not overrides.get("instruction_aware", False), **overrides})
+    qformer = QFormer(cfg)
+    sd = {k.removeprefix("bert."): v for k, v in bert.state_dict().items()}
+    e = "embeddings."
+    own = {
+        "word_embed.weight": sd[e + "word_embeddings.weight"],
+        "pos_embed.weight": sd[e + "position_embeddings.weight"] + sd[e + "token_type_embeddings.weight"][0],
+        "embed_norm.weight": sd[e + "LayerNorm.weight"],
+        "embed_norm.bias": sd[e + "LayerNorm.bias"],
+    }
+    for i in range(cfg.num_layers):
+        b, q = f"encoder.layer.{i}.", f"layers.{i}."
+        for ours, theirs in (("q", "self.query"), ("k", "self.key"), ("v", "self.value"), ("o", "output.dense")):
+            for t in ("weight", "bias"):
+                own[f"{q}self_attn.{ours}.{t}"] = sd[f"{b}attention.{theirs}.{t}"]
+        for t in ("weight", "bias"):
+            own[f"{q}self_attn.norm.{t}"] = sd[f"{b}attention.output.LayerNorm.{t}"]
+            for ffn in ("ffn_text", "ffn_query"):
+                own[f"{q}{ffn}.fc1.{t}"] = sd[f"{b}intermediate.dense.{t}"]
+                own[f"{q}{ffn}.fc2.{t}"] = sd[f"{b}output.dense.{t}"]
+                own[f"{q}{ffn}.norm.{t}"] = sd[f"{b}output.LayerNorm.{t}"]
+    missing, unexpected = qformer.load_state_dict({k: v.clone() for k, v in own.items()}, strict=False)
+    new = sorted({k.split(".")[2] if k.startswith("layers.") else k for k in missing})
+    if unexpected or not set(new) <= {"cross_attn", "query_tokens"}:
+        raise CheckpointError(f"qformer_from_bert: BERT left {new} unset and gave unexpected {unexpected}")
+    log.info("Q-Former from BERT: %d tensors loaded; new: %s", len(own), new)
+    return qformer
+
+
 def _generation_defaults(d: dict) -> dict:
     """The generate keywords lab honours, as a checkpoint's generation config sets them."""
-    from lab.models.vlm import GENERATION_DEFAULTS
+    from lab.models.generation import GENERATION_DEFAULTS
 
     return {k: d[k] for k in GENERATION_DEFAULTS if d.get(k) is not None}
 
@@ -67,16 +148,17 @@ def _build(cfg: VLMConfig, hf_sd, family: str, overrides: dict) -> VisionLanguag
         model = VisionLanguageModel(cfg)
     tensors = hf_to_lab(hf_sd, _expected(model), cfg, family)
     model.load_state_dict(tensors, assign=True, strict=True)
-    model.llm.rotary.inv_freq = _fresh_inv_freq(model)
+    if hasattr(model.llm, "rotary"):  # a non-persistent buffer: built on the meta device, recompute it
+        model.llm.rotary.inv_freq = _fresh_inv_freq(model.llm)
     model.apply_freezing()
     model.eval()
     return model.float() if all(t.dtype == torch.float32 for t in tensors.values()) else model
 
 
-def _fresh_inv_freq(model: VisionLanguageModel) -> torch.Tensor:
+def _fresh_inv_freq(llm: torch.nn.Module) -> torch.Tensor:
     from lab.models.llm import Rotary
 
-    return Rotary(model.cfg.llm).inv_freq.to(model.llm.embed.weight.device)
+    return Rotary(llm.cfg).inv_freq.to(llm.embed.weight.device)
 
 
 def _merge(base: dict, overrides: dict) -> dict:
@@ -125,8 +207,13 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, **overrides: Any) -> VisionLanguageModel:
-    """Load a local folder written by transformers' or lab's `save_pretrained`. No network."""
+def load_pretrained(
+    path: str | Path, dtype: torch.dtype | None = None, merge_lora: bool = False, **overrides: Any
+) -> VisionLanguageModel:
+    """Load a local folder written by transformers' or lab's `save_pretrained`. No network.
+
+    LoRA adapters saved beside the weights (`adapters/<part>/`, peft's format) are attached, or,
+    with `merge_lora=True`, folded into the weights so the model has plain linear layers."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint folder {path} does not exist")
@@ -159,6 +246,12 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, **overri
         model.load_state_dict(tensors)
     else:
         raise CheckpointError(f"{path} has neither config.json (transformers) nor {LAB_CONFIG} (lab)")
+    for part in ("vision", "llm"):
+        folder = RunDir(path).adapters(part)
+        if folder.exists():
+            _load_adapters(getattr(model, part), folder, part)
+            if merge_lora:
+                lora.merge(getattr(model, part))
     gen_file = path / GENERATION_CONFIG
     if gen_file.exists():
         try:
@@ -169,12 +262,54 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, **overri
     return model.to(dtype) if dtype is not None else model
 
 
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def _save_adapters(module: torch.nn.Module, cfg: lora.LoRAConfig, part: str, folder: Path) -> None:
+    """A peft adapter folder for `module`'s adapters."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _, adapters = lora.split_state(module)
+    save_file({k: v.detach().contiguous() for k, v in adapters.items()}, folder / ADAPTER_WEIGHTS)
+    cfg.replace(target_modules=lora.wrapped(module)).peft(module).save_pretrained(str(folder))
+
+
+def _load_adapters(module: torch.nn.Module, folder: Path, part: str) -> lora.LoRAConfig:
+    """Attach the adapters saved in `folder` to `module` (whose base weights are loaded)."""
+    for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (folder / f).exists():
+            raise CheckpointError(f"LoRA adapter folder {folder} has no {f}")
+    try:
+        saved = json.loads((folder / ADAPTER_CONFIG).read_text())
+        cfg = lora.LoRAConfig(
+            r=int(saved["r"]),
+            alpha=float(saved["lora_alpha"]),
+            dropout=float(saved.get("lora_dropout", 0.0)),
+            target_modules=sorted(saved["target_modules"]),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder / ADAPTER_CONFIG} is not a readable LoRA adapter config ({e!r})") from None
+    lora.attach(module, cfg, part)
+    tensors = {k.removeprefix(lora.PREFIX): v for k, v in load_file(folder / ADAPTER_WEIGHTS).items()}
+    own = {k.replace(".default", ""): k for k in module.state_dict() if "lora_" in k}
+    if set(tensors) != set(own):
+        extra, lacking = sorted(set(tensors) - set(own)), sorted(set(own) - set(tensors))
+        raise CheckpointError(
+            f"{folder / ADAPTER_WEIGHTS} does not fit the {part}: unexpected {extra[:5]}, missing {lacking[:5]}"
+        )
+    module.load_state_dict({own[k]: v for k, v in tensors.items()}, strict=False)
+    return cfg
+
+
 def save_pretrained(model: VisionLanguageModel, path: str | Path) -> None:
     """safetensors + config. Designs transformers can run are saved in its layout (config.json,
     its tensor names), so `from_pretrained` reads them; others in lab's own names."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    sd, _ = lora.split_state(model)  # base weights under their plain names; adapters go beside
+    sd = {k: v.detach().contiguous() for k, v in sd.items()}
+    for part in ("vision", "llm"):
+        if lora.has_lora(getattr(model, part)):
+            _save_adapters(getattr(model, part), getattr(model.cfg, f"{part}_lora"), part, RunDir(path).adapters(part))
     (path / LAB_CONFIG).write_text(json.dumps(model.cfg.to_dict(), indent=2))
     if model.generation_config:  # transformers reads the same file as its GenerationConfig
         (path / GENERATION_CONFIG).write_text(json.dumps(model.generation_config, indent=2))

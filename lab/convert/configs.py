@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lab.models import ConnectorConfig, LLMConfig, QFormerConfig, VisionConfig, VLMConfig
+from lab.models import ConnectorConfig, LLMConfig, OPTConfig, QFormerConfig, VisionConfig, VLMConfig
 
 FAMILIES = {
     "blip-2": "Blip2ForConditionalGeneration",
@@ -40,9 +40,57 @@ def family_of_lab(cfg: VLMConfig) -> str:
     )
 
 
-def _llm_from_hf(tc: Any) -> LLMConfig:
+def _opt_from_hf(tc: Any) -> OPTConfig:
+    if getattr(tc, "_remove_final_layer_norm", False):
+        raise UnsupportedModelError("OPT with _remove_final_layer_norm (pre-v4.20 fine-tunes) is not supported")
+    return OPTConfig(
+        vocab_size=tc.vocab_size,
+        hidden_size=tc.hidden_size,
+        intermediate_size=tc.ffn_dim,
+        num_layers=tc.num_hidden_layers,
+        num_heads=tc.num_attention_heads,
+        max_position_embeddings=tc.max_position_embeddings,
+        do_layer_norm_before=tc.do_layer_norm_before,
+        word_embed_proj_dim=tc.word_embed_proj_dim,
+        enable_bias=tc.enable_bias,
+        layer_norm_elementwise_affine=tc.layer_norm_elementwise_affine,
+        hidden_act=tc.activation_function,
+        tie_word_embeddings=bool(tc.tie_word_embeddings),
+        bos_token_id=tc.bos_token_id,
+        eos_token_id=tc.eos_token_id,
+        pad_token_id=tc.pad_token_id,
+    )
+
+
+def _opt_to_hf(lc: OPTConfig) -> dict:
+    import transformers as tf
+
+    return tf.OPTConfig(
+        vocab_size=lc.vocab_size,
+        hidden_size=lc.hidden_size,
+        ffn_dim=lc.intermediate_size,
+        num_hidden_layers=lc.num_layers,
+        num_attention_heads=lc.num_heads,
+        max_position_embeddings=lc.max_position_embeddings,
+        do_layer_norm_before=lc.do_layer_norm_before,
+        word_embed_proj_dim=lc.word_embed_proj_dim,
+        enable_bias=lc.enable_bias,
+        layer_norm_elementwise_affine=lc.layer_norm_elementwise_affine,
+        activation_function=lc.hidden_act,
+        tie_word_embeddings=lc.tie_word_embeddings,
+        bos_token_id=lc.bos_token_id,
+        eos_token_id=lc.eos_token_id,
+        pad_token_id=lc.pad_token_id,
+    ).to_dict()
+
+
+def llm_config_from_hf(tc: Any) -> LLMConfig | OPTConfig:
+    if tc.model_type == "opt":
+        return _opt_from_hf(tc)
     if tc.model_type != "llama":
-        raise UnsupportedModelError(f"unsupported text model {tc.model_type!r}: lab implements Llama-family decoders")
+        raise UnsupportedModelError(
+            f"unsupported text model {tc.model_type!r}: lab implements Llama-family and OPT decoders"
+        )
     rope = dict(getattr(tc, "rope_parameters", None) or {})
     if rope.get("rope_type", "default") != "default":
         raise UnsupportedModelError(f"unsupported rope scaling {rope.get('rope_type')!r}: only default RoPE")
@@ -83,7 +131,9 @@ def _vision_common(vc: Any) -> dict:
 
 def lab_config_from_hf(config: Any) -> VLMConfig:
     family = family_of_hf(config)
-    llm = _llm_from_hf(config.text_config)
+    llm = llm_config_from_hf(config.text_config)
+    if family == "llava" and llm.family != "llama":
+        raise UnsupportedModelError(f"LLaVA with a {llm.family!r} text model: lab's LLaVA path is Llama-only")
     image_token = getattr(config, "image_token_index", None)
     if image_token is None:
         raise UnsupportedModelError("config has no image_token_index: lab needs image placeholder tokens in input_ids")
@@ -135,12 +185,10 @@ def lab_config_from_hf(config: Any) -> VLMConfig:
     return VLMConfig(vision=vision, connector=connector, llm=llm, image_token_id=image_token)
 
 
-def hf_config_from_lab(cfg: VLMConfig) -> Any:
+def _llama_to_hf(lc: LLMConfig) -> dict:
     import transformers as tf
 
-    family = family_of_lab(cfg)
-    lc, v = cfg.llm, cfg.vision
-    text = tf.LlamaConfig(
+    return tf.LlamaConfig(
         vocab_size=lc.vocab_size,
         hidden_size=lc.hidden_size,
         intermediate_size=lc.intermediate_size,
@@ -159,6 +207,16 @@ def hf_config_from_lab(cfg: VLMConfig) -> Any:
         eos_token_id=lc.eos_token_id,
         pad_token_id=lc.pad_token_id,
     ).to_dict()
+
+
+def hf_config_from_lab(cfg: VLMConfig) -> Any:
+    import transformers as tf
+
+    family = family_of_lab(cfg)
+    lc, v = cfg.llm, cfg.vision
+    if lc.family == "opt" and family == "llava":
+        raise UnsupportedModelError("LLaVA with an OPT LLM has no transformers layout that lab writes")
+    text = _opt_to_hf(lc) if lc.family == "opt" else _llama_to_hf(lc)
     vision = dict(
         image_size=v.image_size,
         patch_size=v.patch_size,

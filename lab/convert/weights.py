@@ -28,6 +28,21 @@ def _llm_rules(p: str, head: str) -> list[tuple[str, str]]:
     ]
 
 
+def _opt_rules(p: str, head: str) -> list[tuple[str, str]]:
+    """OPT inside BLIP-2: `p` is "language_model.model.decoder."; q/k/v are joined in `_fused`."""
+    return [
+        (r"llm\.embed\.weight", p + "embed_tokens.weight"),
+        (r"llm\.pos_embed\.weight", p + "embed_positions.weight"),
+        (r"llm\.project_(in|out)\.weight", p + r"project_\1.weight"),
+        (r"llm\.layers\.(\d+)\.attn\.o\.(weight|bias)", p + r"layers.\1.self_attn.out_proj.\2"),
+        (r"llm\.layers\.(\d+)\.attn_norm\.(weight|bias)", p + r"layers.\1.self_attn_layer_norm.\2"),
+        (r"llm\.layers\.(\d+)\.mlp_norm\.(weight|bias)", p + r"layers.\1.final_layer_norm.\2"),
+        (r"llm\.layers\.(\d+)\.fc(1|2)\.(weight|bias)", p + r"layers.\1.fc\2.\3"),
+        (r"llm\.norm\.(weight|bias)", p + r"final_layer_norm.\1"),
+        (r"llm\.lm_head\.weight", head),
+    ]
+
+
 def _vision_rules(v: str, clip: bool) -> list[tuple[str, str]]:
     rules = [
         (r"vision\.patch_embed\.(weight|bias)", v + r"embeddings.patch_embedding.\1"),
@@ -83,12 +98,15 @@ def _qformer_rules(instruct: bool) -> list[tuple[str, str]]:
     return rules
 
 
-def rules_for(family: str) -> list[tuple[re.Pattern, str]]:
+def rules_for(family: str, llm_family: str = "llama") -> list[tuple[re.Pattern, str]]:
     if family == "llava":
         rules = _llm_rules("model.language_model.", "lm_head.weight") + _vision_rules("model.vision_tower.", True)
         rules += [(r"connector\.fc(1|2)\.(weight|bias)", r"model.multi_modal_projector.linear_\1.\2")]
     else:
-        rules = _llm_rules("language_model.model.", "language_model.lm_head.weight")
+        if llm_family == "opt":
+            rules = _opt_rules("language_model.model.decoder.", "language_model.lm_head.weight")
+        else:
+            rules = _llm_rules("language_model.model.", "language_model.lm_head.weight")
         rules += _vision_rules("vision_model.", False) + _qformer_rules(family == "instructblip")
     return [(re.compile(a + "$"), b) for a, b in rules]
 
@@ -110,6 +128,7 @@ _LLM_GATE_UP = re.compile(r"llm\.layers\.(\d+)\.mlp\.gate_up\.(weight|bias)$")
 def _fused(key: str, cfg: VLMConfig, family: str) -> tuple[list[str], list[int]] | None:
     """For a lab tensor that is several transformers tensors joined on dim 0: their names and sizes."""
     llm = "model.language_model." if family == "llava" else "language_model.model."
+    llm += "decoder." if cfg.llm.family == "opt" else ""
     if m := _LLM_QKV.match(key):
         h, hkv, d = cfg.llm.num_heads, cfg.llm.num_kv_heads, cfg.llm.head_dim
         return [f"{llm}layers.{m[1]}.self_attn.{n}_proj.{m[2]}" for n in "qkv"], [h * d, hkv * d, hkv * d]
@@ -123,7 +142,7 @@ def _fused(key: str, cfg: VLMConfig, family: str) -> tuple[list[str], list[int]]
 
 
 def lab_to_hf(lab: Tensors, cfg: VLMConfig, family: str) -> Tensors:
-    rules, out = rules_for(family), {}
+    rules, out = rules_for(family, cfg.llm.family), {}
     for key, t in lab.items():
         if fused := _fused(key, cfg, family):
             names, sizes = fused
@@ -190,7 +209,7 @@ IGNORED_HF = (
 def hf_to_lab(hf: Tensors, expected: dict[str, torch.Size], cfg: VLMConfig, family: str) -> Tensors:
     """Tensors for every lab key in `expected`; errors name missing, unexpected and misshapen tensors."""
     hf = normalize_hf_names(hf, family)
-    rules, out, used, missing, source, unjoinable = rules_for(family), {}, set(), [], {}, []
+    rules, out, used, missing, source, unjoinable = rules_for(family, cfg.llm.family), {}, set(), [], {}, []
 
     def take(name: str) -> torch.Tensor | None:
         if name not in hf:

@@ -6,6 +6,38 @@ import torch
 
 from lab.models.llm import KVCache, LanguageModel
 
+# transformers' generate keywords that lab honours, with transformers' defaults.
+GENERATION_DEFAULTS = {
+    "max_new_tokens": 20,
+    "min_new_tokens": 0,
+    "do_sample": False,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+    "num_beams": 1,
+    "length_penalty": 1.0,
+    "repetition_penalty": 1.0,
+    "eos_token_id": None,
+    "pad_token_id": None,
+}
+
+
+def resolve_generation_args(kwargs: dict, generation_config: dict, llm_cfg) -> dict:
+    """transformers' order: a keyword given, else the checkpoint's generation_config.json, else
+    (eos and pad only) the LLM's config, else transformers' default. Unknown keywords are refused."""
+    unknown = sorted(set(kwargs) - set(GENERATION_DEFAULTS))
+    if unknown:
+        raise TypeError(f"generate got unknown keyword(s) {unknown}; allowed: {sorted(GENERATION_DEFAULTS)}")
+    args = {}
+    for key, default in GENERATION_DEFAULTS.items():
+        value = kwargs.get(key)
+        if value is None:
+            value = generation_config.get(key)
+        if value is None and key in ("eos_token_id", "pad_token_id"):
+            value = getattr(llm_cfg, key)
+        args[key] = default if value is None else value
+    return args
+
 
 def check_generation_args(
     max_new_tokens: int,

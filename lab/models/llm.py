@@ -16,6 +16,7 @@ from lab.models.vision import ACTIVATIONS
 
 @dataclasses.dataclass
 class LLMConfig(Config):
+    family: str = "llama"  # "opt": `opt.OPTConfig` (a config's "family" key picks the class)
     vocab_size: int = 512
     hidden_size: int = 64
     intermediate_size: int = 172
@@ -36,6 +37,7 @@ class LLMConfig(Config):
     attn_impl: str = "sdpa"
 
     def __post_init__(self) -> None:
+        check_choice("llm.family", self.family, ("llama",))
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
             check_range(f"llm.{key}", getattr(self, key), 1)
         check_choice("llm.attn_impl", self.attn_impl, ATTN_IMPLS)

@@ -13,8 +13,10 @@ from torch import nn
 
 from lab.config import Config, ConfigError
 from lab.models.connectors import ConnectorConfig, build_connector
-from lab.models.generation import generate
+from lab.models.generation import generate, resolve_generation_args
 from lab.models.llm import LanguageModel, LLMConfig
+from lab.models.lora import LoRAConfig
+from lab.models.opt import OPTConfig, OPTDecoder
 from lab.models.vision import VisionConfig, VisionEncoder
 
 log = logging.getLogger("lab")
@@ -24,15 +26,22 @@ log = logging.getLogger("lab")
 class VLMConfig(Config):
     vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
     connector: ConnectorConfig = dataclasses.field(default_factory=ConnectorConfig)
-    llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
+    llm: LLMConfig | OPTConfig = dataclasses.field(default_factory=LLMConfig)  # Llama/Vicuna or OPT
     image_token_id: int = 3
     # True / False, or "auto": the training stage decides (`lab.train.trainable`): a part loaded
     # from --init keeps the stage's default, a part with random weights is trained.
     freeze_vision: bool | str = False
     freeze_llm: bool | str = False
+    # LoRA adapters (r > 0) on a pretrained part: its weights stay frozen and the adapters train
+    # (`lab.train.trainable` decides, `lab.models.lora` attaches them through peft).
+    llm_lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    vision_lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
 
     def __post_init__(self) -> None:
-        for name, cls in (("vision", VisionConfig), ("connector", ConnectorConfig), ("llm", LLMConfig)):
+        if isinstance(self.llm, dict):
+            self.llm = (OPTConfig if self.llm.get("family") == "opt" else LLMConfig).from_dict(self.llm)
+        parts = (("vision", VisionConfig), ("connector", ConnectorConfig))
+        for name, cls in (*parts, ("llm_lora", LoRAConfig), ("vision_lora", LoRAConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, cls.from_dict(getattr(self, name)))
         for flag in ("freeze_vision", "freeze_llm"):
@@ -47,26 +56,14 @@ class VLMConfig(Config):
         return self.connector.num_tokens(self.vision.num_features)
 
 
+def build_llm(cfg: LLMConfig | OPTConfig) -> LanguageModel | OPTDecoder:
+    return OPTDecoder(cfg) if cfg.family == "opt" else LanguageModel(cfg)
+
+
 @dataclasses.dataclass
 class VLMOutput:
     logits: torch.Tensor
     loss: torch.Tensor | None = None
-
-
-# transformers' generate keywords that lab honours, with transformers' defaults.
-GENERATION_DEFAULTS = {
-    "max_new_tokens": 20,
-    "min_new_tokens": 0,
-    "do_sample": False,
-    "temperature": 1.0,
-    "top_k": 50,
-    "top_p": 1.0,
-    "num_beams": 1,
-    "length_penalty": 1.0,
-    "repetition_penalty": 1.0,
-    "eos_token_id": None,
-    "pad_token_id": None,
-}
 
 
 class VisionLanguageModel(nn.Module):
@@ -76,7 +73,13 @@ class VisionLanguageModel(nn.Module):
         self.cfg = cfg
         self.vision = VisionEncoder(cfg.vision)
         self.connector = build_connector(cfg.connector, cfg.vision.hidden_size, cfg.llm.hidden_size)
-        self.llm = LanguageModel(cfg.llm)
+        if cfg.llm.family == "opt" and cfg.llm.word_embed_proj_dim != cfg.llm.hidden_size:
+            raise ConfigError(
+                f"llm.word_embed_proj_dim={cfg.llm.word_embed_proj_dim} differs from llm.hidden_size="
+                f"{cfg.llm.hidden_size}: visual tokens (hidden_size wide, as in transformers' BLIP-2) cannot be "
+                "written into narrower word embeddings; use an OPT whose two sizes match (2.7b, 6.7b)"
+            )
+        self.llm = build_llm(cfg.llm)
         self.apply_freezing()
 
     def apply_freezing(self) -> None:
@@ -150,17 +153,7 @@ class VisionLanguageModel(nn.Module):
         A keyword left out (or None) comes from `self.generation_config` (a checkpoint's
         generation_config.json, set by lab.convert), then, for eos and pad, from the LLM's config.
         Padded prompts must be left-padded; rows that finish are filled with pad (default: eos)."""
-        unknown = sorted(set(kwargs) - set(GENERATION_DEFAULTS))
-        if unknown:
-            raise TypeError(f"generate got unknown keyword(s) {unknown}; allowed: {sorted(GENERATION_DEFAULTS)}")
-        args = {}
-        for key, default in GENERATION_DEFAULTS.items():
-            value = kwargs.get(key)
-            if value is None:
-                value = self.generation_config.get(key)
-            if value is None and key in ("eos_token_id", "pad_token_id"):
-                value = getattr(self.cfg.llm, key)
-            args[key] = default if value is None else value
+        args = resolve_generation_args(kwargs, self.generation_config, self.cfg.llm)
         visual = self.visual_embeddings(pixel_values, instruction_ids, instruction_mask)
         embeds = self.input_embeddings(input_ids, visual)
         return generate(self.llm, input_ids, embeds, attention_mask, generator=generator, **args)

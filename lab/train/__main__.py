@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.set_num_threads(before)  # an in-process caller keeps its own setting
         threads.unregister()
-    print(f"done: {summary['steps']} steps, {summary['samples_per_s']:.0f} samples/s -> {args.out}")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per torchrun process
+        print(f"done: {summary['steps']} steps, {summary['samples_per_s']:.0f} samples/s -> {args.out}")
     return 0
 
 

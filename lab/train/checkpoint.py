@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -133,13 +134,15 @@ def damage(folder: Path) -> str | None:
     return None
 
 
-def save_checkpoint(root: Path, step: int, module: nn.Module, trainer_state: dict) -> Path:
+def save_checkpoint(root: Path, step: int, tensors: dict[str, torch.Tensor], trainer_state: dict) -> Path:
+    """Write the model's full tensors (`state_tensors`, or an FSDP run's gathered ones) and the
+    trainer state as step-NNNNNN/, atomically, and point `latest` at it."""
     folder = RunDir(root).checkpoints
     final = folder / f"step-{step:06d}"
     tmp = folder / f".step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(state_tensors(module), tmp / "model.safetensors")
+    save_file(tensors, tmp / "model.safetensors")
     save_trainer_state(tmp, trainer_state)
     files = sorted(p.name for p in tmp.iterdir())
     (tmp / MANIFEST).write_text(json.dumps({name: _digest(tmp / name) for name in files}, indent=1))
@@ -170,9 +173,11 @@ def latest_checkpoint(root: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, module: nn.Module) -> dict:
+def load_checkpoint(path: Path, load: Callable[[dict], tuple[list[str], list[str]]]) -> dict:
+    """Load the model tensors through `load` (a module's `load_state_dict(strict=False)`, or the
+    FSDP loader of `lab.train.parallel`); returns the trainer state."""
     tensors = load_file(path / "model.safetensors")
-    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    missing, unexpected = load(tensors)
     if missing or unexpected:
         raise RuntimeError(
             f"checkpoint {path} does not fit this model: missing {missing[:10]}, unexpected {unexpected[:10]}"

@@ -78,6 +78,7 @@ class TrainConfig(Config):
     llava_data: str = ""  # LLaVA-format JSON instead of generated scenes
     image_folder: str = ""
     bf16: bool = True  # autocast on CUDA only
+    strategy: str = "ddp"  # several processes (torchrun): "ddp" or "fsdp" (FSDP2; lab.train.parallel)
     # stage lm: loss on the "answer" tokens only, or on "all" text tokens. Measured (4-layer LM,
     # 1,500 steps, question first): answer 0.83 mean held-in text accuracy, all 0.75.
     lm_loss: str = "answer"
@@ -94,6 +95,7 @@ class TrainConfig(Config):
                 setattr(self, name, cls.from_dict(getattr(self, name)))
         check_choice("stage", self.stage, STAGE_NAMES)
         check_choice("lm_loss", self.lm_loss, ("all", "answer"))
+        check_choice("strategy", self.strategy, ("ddp", "fsdp"))
         if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"batch_size {self.batch_size} must be a positive multiple of grad_accum {self.grad_accum}"

@@ -19,7 +19,7 @@ from lab.config import ConfigError
 from lab.data import Collator, LlavaJSON, SceneTasks, Shuffled, pixels
 from lab.data.collate import check_lengths, text_ids
 from lab.data.tasks import dense_candidates, dense_target, hard_negative
-from lab.models import VisionLanguageModel
+from lab.models import VisionLanguageModel, lora
 from lab.models.blip2_stage1 import Stage1Heads
 from lab.models.clip import ContrastiveHeads
 from lab.train.config import TrainConfig
@@ -75,11 +75,14 @@ class Stage(nn.Module):
         """Apply `lab.train.trainable.decide` (the one place that decides) and log its table."""
         self.decisions = decide(self.name, self.model_cfg, inherited)
         self.requires_grad_(False)
+        counts = {part: sum(p.numel() for p in getattr(self.vlm, part).parameters()) for part in COMPONENTS}
         for d in self.decisions:
-            getattr(self.vlm, d.part).requires_grad_(d.trainable)
+            module = getattr(self.vlm, d.part)
+            module.requires_grad_(d.trainable and not d.lora)
+            if d.lora:  # adapters only: peft leaves the part's own weights frozen
+                counts[d.part] = lora.attach(module, getattr(self.model_cfg, f"{d.part}_lora"), d.part)
         if self.aux is not None:
             self.aux.requires_grad_(True)
-        counts = {part: sum(p.numel() for p in getattr(self.vlm, part).parameters()) for part in COMPONENTS}
         n = sum(p.numel() for p in self.parameters() if p.requires_grad)
         heads = " (plus the stage's heads)" if self.aux is not None else ""
         log.info("stage %s: %d trainable parameters%s\n%s", self.name, n, heads, table(self.decisions, counts))

@@ -6,6 +6,10 @@ pretrained, or does not use it. The config's `freeze_vision` / `freeze_llm` flag
 a part that starts from random weights, since a frozen random part is almost always a mistake
 (a newcomer's `--stage instruct` with no `--init` would otherwise train the connector alone into
 a random LLM). Freezing a random part explicitly is an error that names the flag and `--init`.
+
+`model.llm_lora.r` / `model.vision_lora.r` > 0 puts LoRA adapters on a pretrained part that the
+stage would otherwise keep frozen: its weights stay frozen and the adapters train. LoRA on random
+weights, on a part the stage trains fully, or beside `freeze_*=false` is an error naming both keys.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from lab.models import VLMConfig
 log = logging.getLogger("lab")
 PARTS = ("vision", "connector", "llm")
 FLAGS = {"vision": "freeze_vision", "llm": "freeze_llm"}  # the connector always trains where it is used
+LORA = {"vision": "vision_lora", "llm": "llm_lora"}
 
 # Per stage: "train" (the stage exists to train it), "freeze" (kept frozen when pretrained), or
 # absent (the stage does not run that part; it is neither trained nor exported).
@@ -38,6 +43,7 @@ class Decision:
     used: bool
     pretrained: bool
     why: str
+    lora: bool = False  # trainable through LoRA adapters only
 
 
 def decide(stage: str, model: VLMConfig, inherited: set[str] | list[str]) -> list[Decision]:
@@ -51,6 +57,10 @@ def decide(stage: str, model: VLMConfig, inherited: set[str] | list[str]) -> lis
         start = "loaded from --init" if pre else "random weights"
         if role is None:
             out.append(Decision(part, False, False, pre, f"not used by stage {stage}"))
+            continue
+        lora = getattr(model, LORA[part]) if part in LORA else None
+        if lora is not None and lora.on:
+            out.append(_lora(stage, part, role, flag, flag_name, lora.r, pre))
             continue
         if flag is True:
             if role == "train":
@@ -72,11 +82,27 @@ def decide(stage: str, model: VLMConfig, inherited: set[str] | list[str]) -> lis
     return out
 
 
+def _lora(stage: str, part: str, role: str, flag, flag_name: str, r: int, pre: bool) -> Decision:
+    key = f"model.{LORA[part]}.r={r}"
+    if role == "train":
+        raise ConfigError(f"stage {stage} trains the {part} fully; {key} is for a later stage (set r=0 here)")
+    if not pre:
+        raise ConfigError(
+            f"{key} needs a pretrained {part}: give --init a run that trained it (LoRA on random weights)"
+        )
+    if flag is False:
+        raise ConfigError(
+            f"model.{flag_name}=false trains the whole {part}, {key} trains adapters on a frozen one: choose one"
+        )
+    return Decision(part, True, True, pre, f"loaded from --init; {key}: adapters train, its weights stay frozen", True)
+
+
 def table(decisions: list[Decision], counts: dict[str, int]) -> str:
-    """The decisions as an aligned text table (part, trainable/frozen, parameters, why)."""
+    """The decisions as an aligned text table (part, trainable/frozen/lora, parameters, why); a
+    LoRA row counts its adapters' parameters."""
     rows = [("part", "state", "parameters", "why")]
     for d in decisions:
-        state = "trainable" if d.trainable else ("frozen" if d.used else "unused")
+        state = "lora" if d.lora else "trainable" if d.trainable else ("frozen" if d.used else "unused")
         rows.append((d.part, state, f"{counts.get(d.part, 0):,}", d.why))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(f"  {a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}  {w}" for a, b, c, w in rows)

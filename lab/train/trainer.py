@@ -41,6 +41,7 @@ from lab.train.checkpoint import (
     truncate_metrics,
 )
 from lab.train.config import TrainConfig
+from lab.train.parallel import Parallel
 from lab.train.stages import COMPONENTS, Stage, build_stage
 
 log = logging.getLogger("lab")
@@ -106,7 +107,7 @@ def load_init(stage: Stage, folders: list[Path]) -> list[str]:
     for folder in folders:
         run = RunDir(folder).summary()
         comps = run.get("components", list(COMPONENTS))
-        src = lab.load_pretrained(folder).state_dict()
+        src = lab.load_pretrained(folder, merge_lora=True).state_dict()  # adapters folded in
         for comp in comps:
             if comp in got:
                 raise RunError(f"component {comp!r} comes from both {got[comp]} and {folder}; give each once")
@@ -191,22 +192,22 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
     if resume and run.trainable_file.exists():  # decide exactly as the run did, with or without --init now
         inherited = json.loads(run.trainable_file.read_text())["inherited"]
     decisions = stage.set_trainable(inherited)
-    params = [p for p in stage.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in stage.parameters()):
         raise RunError(f"stage {cfg.stage} has nothing to train with these freeze settings")
     stage.to(device)
+    par = Parallel(cfg.strategy, world)
+    par.shard(stage)  # FSDP: before the optimizer, which must hold the sharded parameters
+    params = [p for p in stage.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=(0.9, cfg.optim.beta2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     components = sorted(set(inherited) | set(stage.trained_components()))
     data = stage.dataset("train")  # bad records stop the run here, before its folder is written
 
     step, position, components = _start_or_resume(
-        cfg, run, stage, opt, sched, tok, resume, inherited, decisions, components, main
+        cfg, run, stage, par, opt, sched, tok, resume, inherited, decisions, components, main
     )
 
-    model = stage
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(stage, find_unused_parameters=True)
+    model = par.wrap(stage)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
     t_start, samples_done = time.perf_counter(), 0
     stage.train()
@@ -218,8 +219,8 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
                 _to(stage.collate([data[position + rank * local + m * micro + j] for j in range(micro)]), device)
                 for m in range(cfg.grad_accum)
             ]
-            loss = _accumulate(model, stage, batches, world, device, autocast, step, position)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad).item()
+            loss = _accumulate(model, stage, par, batches, device, autocast, step, position)
+            grad_norm = par.grad_norm(torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad))
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -229,10 +230,13 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
             if main:
                 record(step, loss, sched.get_last_lr()[0], grad_norm, time.perf_counter() - t0)
             interrupted = all_sum(float(stop["signal"]), device) > 0
-            if main and (step % cfg.save_every == 0 or interrupted or step == end):
-                state = {"step": step, "position": position, "optimizer": opt.state_dict()}
-                state |= {"scheduler": sched.state_dict(), "rng": rng_state(), "components": components}
-                save_checkpoint(out, step, stage, state)
+            if step % cfg.save_every == 0 or interrupted or step == end:
+                if main or par.fsdp:  # FSDP gathers the full state: every process takes part
+                    tensors, opt_state = par.model_state(stage), par.optimizer_state(stage, opt)
+                if main:
+                    state = {"step": step, "position": position, "optimizer": opt_state}
+                    state |= {"scheduler": sched.state_dict(), "rng": rng_state(), "components": components}
+                    save_checkpoint(out, step, tensors, state)
             if interrupted:
                 raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved, continue with --resume")
     wall = time.perf_counter() - t_start
@@ -244,6 +248,11 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
         "trainable_parameters": sum(p.numel() for p in params),
         "world_size": world,
     }
+    if par.fsdp:  # export a plain copy of the stage, built from the gathered tensors
+        full = par.model_state(stage)
+        if main:
+            stage = build_stage(cfg, tok)
+            stage.load_state_dict(full)
     if main:
         export(stage, out, summary)
     if world > 1:
@@ -299,7 +308,7 @@ class _StepLog:
         return False
 
 
-def _start_or_resume(cfg, run: RunDir, stage, opt, sched, tok, resume, inherited, decisions, components, main):
+def _start_or_resume(cfg, run: RunDir, stage, par, opt, sched, tok, resume, inherited, decisions, components, main):
     """Load the newest intact checkpoint into stage, optimizer and schedule (`--resume`), or record
     a fresh run's config and freeze decisions. Returns (step, data position, components)."""
     out, step, position = run.root, 0, 0
@@ -318,8 +327,8 @@ def _start_or_resume(cfg, run: RunDir, stage, opt, sched, tok, resume, inherited
             log.info("--resume: %s stopped before its first checkpoint; starting over with its saved config", out)
             fresh = True
         else:
-            state = load_checkpoint(ckpt, stage)
-            opt.load_state_dict(state["optimizer"])
+            state = load_checkpoint(ckpt, par.loader(stage))
+            par.load_optimizer(stage, opt, state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             step, position, components = state["step"], state["position"], state["components"]
@@ -338,7 +347,7 @@ def _start_or_resume(cfg, run: RunDir, stage, opt, sched, tok, resume, inherited
     return step, position, components
 
 
-def _accumulate(model, stage, batches, world, device, autocast, step, position) -> float:
+def _accumulate(model, stage, par, batches, device, autocast, step, position) -> float:
     """Forward and backward over the micro-batches of one step; returns the mean loss per labelled
     token over every process (each micro-batch's loss is a sum, divided by the global token count)."""
     total = all_sum(float(sum(stage.count(b) for b in batches)), device)
@@ -346,10 +355,9 @@ def _accumulate(model, stage, batches, world, device, autocast, step, position) 
         raise RunError(f"step {step + 1}: the batch has no labelled tokens (only prompts?)")
     loss_sum = 0.0
     for m, b in enumerate(batches):
-        sync = model.no_sync() if world > 1 and m < len(batches) - 1 else nullcontext()
-        with sync, autocast:
+        with par.sync(model, last=m == len(batches) - 1), autocast:
             part = model(b)
-        (part * world / total).backward()  # DDP averages over processes; undo that
+        (part * par.world / total).backward()  # DDP and FSDP average over processes; undo that
         loss_sum += part.detach().float().item()
     loss = all_sum(loss_sum, device) / total
     if not math.isfinite(loss):
