@@ -240,6 +240,7 @@ class Runner:
             "probe": probe,
             "wall_s": time.perf_counter() - t0,
             "train_s": train_s,
+            "device": self.args.device,  # not in the fingerprint: CPU and GPU runs agree (HISTORY.md)
             "fingerprint": key,
         }
         cached.write_text(json.dumps(res, indent=2))
