@@ -73,3 +73,26 @@ def test_newcomer_default_trains_random_parts():
     assert all(d.trainable for d in decide("instruct", model, inherited=()))
     frozen = {d.part for d in decide("instruct", model, inherited=("vision", "llm")) if not d.trainable}
     assert frozen == {"vision", "llm"}  # InstructBLIP's default once both are pretrained
+
+
+def test_minigpt4_recipe_trains_only_the_projection():
+    """configs/minigpt4_tiny.yaml: ViT, Q-Former and LLM frozen, one linear layer trains."""
+    from pathlib import Path
+
+    from lab.config import ConfigError
+
+    yaml = Path(__file__).resolve().parents[1] / "configs" / "minigpt4_tiny.yaml"
+    loaded = ("vision", "connector", "llm")
+    for stage in ("stage2", "instruct"):
+        cfg = build_config(stage, quick=True, config_file=yaml)
+        built = build_stage(cfg, scene_tokenizer())
+        decisions = {d.part: d for d in built.set_trainable(inherited=loaded)}
+        trainable = {n for n, p in built.vlm.named_parameters() if p.requires_grad}
+        assert trainable == {n for n, _ in built.vlm.connector.proj.named_parameters(prefix="connector.proj")}
+        assert decisions["connector"].frozen_within == ("qformer",)
+        assert not decisions["vision"].trainable and not decisions["llm"].trainable
+        with pytest.raises(ConfigError, match=r"freeze_qformer=true but the connector has random weights.*--init"):
+            decide(stage, cfg.model, inherited=("vision", "llm"))
+    linear = build_config("stage2", config_file=yaml, overrides={"model.connector": "linear"}).model
+    with pytest.raises(ConfigError, match="freeze_qformer=true needs connector kind 'qformer'"):
+        decide("stage2", linear, inherited=loaded)

@@ -32,6 +32,9 @@ class VLMConfig(Config):
     # from --init keeps the stage's default, a part with random weights is trained.
     freeze_vision: bool | str = False
     freeze_llm: bool | str = False
+    # MiniGPT-4: the Q-Former connector's Q-Former stays frozen and only its projection into the
+    # LLM trains (`lab.train.trainable` checks that the Q-Former was loaded from --init).
+    freeze_qformer: bool = False
     # LoRA adapters (r > 0) on a pretrained part: its weights stay frozen and the adapters train
     # (`lab.train.trainable` decides, `lab.models.lora` attaches them through peft).
     llm_lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)

@@ -81,6 +81,8 @@ class Stage(nn.Module):
             module.requires_grad_(d.trainable and not d.lora)
             if d.lora:  # adapters only: peft leaves the part's own weights frozen
                 counts[d.part] = lora.attach(module, getattr(self.model_cfg, f"{d.part}_lora"), d.part)
+            for name in d.frozen_within:
+                module.get_submodule(name).requires_grad_(False)
         if self.aux is not None:
             self.aux.requires_grad_(True)
         n = sum(p.numel() for p in self.parameters() if p.requires_grad)

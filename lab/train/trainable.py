@@ -7,6 +7,9 @@ a part that starts from random weights, since a frozen random part is almost alw
 (a newcomer's `--stage instruct` with no `--init` would otherwise train the connector alone into
 a random LLM). Freezing a random part explicitly is an error that names the flag and `--init`.
 
+`model.freeze_qformer=true` (MiniGPT-4) trains only the projection of a Q-Former connector
+loaded from --init; its Q-Former stays frozen.
+
 `model.llm_lora.r` / `model.vision_lora.r` > 0 puts LoRA adapters on a pretrained part that the
 stage would otherwise keep frozen: its weights stay frozen and the adapters train. LoRA on random
 weights, on a part the stage trains fully, or beside `freeze_*=false` is an error naming both keys.
@@ -44,6 +47,7 @@ class Decision:
     pretrained: bool
     why: str
     lora: bool = False  # trainable through LoRA adapters only
+    frozen_within: tuple[str, ...] = ()  # submodules that stay frozen inside a trainable part
 
 
 def decide(stage: str, model: VLMConfig, inherited: set[str] | list[str]) -> list[Decision]:
@@ -57,6 +61,9 @@ def decide(stage: str, model: VLMConfig, inherited: set[str] | list[str]) -> lis
         start = "loaded from --init" if pre else "random weights"
         if role is None:
             out.append(Decision(part, False, False, pre, f"not used by stage {stage}"))
+            continue
+        if part == "connector" and model.freeze_qformer:
+            out.append(_projection_only(stage, model, pre))
             continue
         lora = getattr(model, LORA[part]) if part in LORA else None
         if lora is not None and lora.on:
@@ -80,6 +87,18 @@ def decide(stage: str, model: VLMConfig, inherited: set[str] | list[str]) -> lis
         else:
             out.append(Decision(part, True, True, pre, f"{start}; trained so it does not stay random (auto)"))
     return out
+
+
+def _projection_only(stage: str, model: VLMConfig, pre: bool) -> Decision:
+    if model.connector.kind != "qformer":
+        raise ConfigError(f"model.freeze_qformer=true needs connector kind 'qformer', got {model.connector.kind!r}")
+    if not pre:
+        raise ConfigError(
+            "model.freeze_qformer=true but the connector has random weights: give --init a run that trained "
+            "the Q-Former (stage1 or stage2), or set model.freeze_qformer=false"
+        )
+    why = f"loaded from --init; model.freeze_qformer=true: the Q-Former stays frozen, its projection trains ({stage})"
+    return Decision("connector", True, True, pre, why, frozen_within=("qformer",))
 
 
 def _lora(stage: str, part: str, role: str, flag, flag_name: str, r: int, pre: bool) -> Decision:
