@@ -95,3 +95,34 @@ def test_qformer_from_bert_matches_bert_embeddings_and_first_layer(minilm):
     torch.testing.assert_close(first[keep], want[1][keep], atol=1e-5, rtol=0)
     # the new parts are new: the query tokens and cross-attention were not in BERT
     assert qformer.layers[0].cross_attn.k.weight.shape == (384, 48)
+
+
+def test_stage2_trains_a_connector_into_a_frozen_smollm2(smollm2, tmp_path):
+    """lab's first run against a real pretrained LLM: a scene ViT and a Q-Former (both from random
+    weights) learn to caption into the frozen SmolLM2, through its own tokenizer."""
+    import json
+
+    from lab.convert import save_llm
+    from lab.train import build_config, train
+
+    hf, tok = smollm2
+    model = from_transformers(hf)
+    save_llm(model, tmp_path / "smollm2", tok)
+    steps = 60
+    over = {
+        "model.llm": model.cfg.to_dict(),
+        "model.image_token_id": tok.convert_tokens_to_ids("<empty_output>"),  # reserved, never in text
+        "model.connector.qformer.instruction_aware": False,
+        "max_steps": steps,
+        "save_every": steps,
+        "batch_size": 8,
+        "optim.warmup_steps": 10,
+    }
+    out = tmp_path / "stage2"
+    train(build_config("stage2", quick=True, overrides=over), out, init=[tmp_path / "smollm2"], progress=False)
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(losses[-10:]) / 10 <= (2 / 3) * sum(losses[:10]) / 10, (losses[:10], losses[-10:])
+    parts = {p["part"]: p for p in json.loads((out / "trainable.json").read_text())["parts"]}
+    assert not parts["llm"]["trainable"] and parts["llm"]["pretrained"]
+    assert parts["connector"]["trainable"] and parts["vision"]["trainable"]
+    assert (out / "tokenizer_config.json").exists()  # the next stage's --init finds the same ids

@@ -96,3 +96,13 @@ def test_minigpt4_recipe_trains_only_the_projection():
     linear = build_config("stage2", config_file=yaml, overrides={"model.connector": "linear"}).model
     with pytest.raises(ConfigError, match="freeze_qformer=true needs connector kind 'qformer'"):
         decide("stage2", linear, inherited=loaded)
+
+
+def test_instruction_vocabulary_smaller_than_the_tokenizer_is_named():
+    from lab.config import ConfigError
+    from lab.data.tokenizer import WordTokenizer
+
+    tok = WordTokenizer.fit([" ".join(f"w{i}" for i in range(300))])
+    cfg = build_config("instruct", quick=True, overrides={"model.llm.vocab_size": 512})
+    with pytest.raises(ConfigError, match=r"qformer\.vocab_size=128 < tokenizer size 30\d"):
+        build_stage(cfg, tok)

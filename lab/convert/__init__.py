@@ -37,6 +37,7 @@ __all__ = [
     "to_transformers",
     "load_pretrained",
     "qformer_from_bert",
+    "save_llm",
     "save_pretrained",
 ]
 
@@ -77,6 +78,21 @@ def _causal_lm(hf_model: Any) -> CausalLM:
     if hasattr(model.llm, "rotary"):
         model.llm.rotary.inv_freq = _fresh_inv_freq(model.llm)
     return model.eval()
+
+
+def save_llm(model: CausalLM, folder: str | Path, tokenizer: Any = None) -> None:
+    """A folder that `--init` reads for the language model alone (e.g. a real one, from
+    `from_transformers(LlamaForCausalLM)`): a model folder around `model`'s decoder, whose run.json
+    names `llm` as its one trained component (the default vision encoder and connector beside it
+    are never loaded), plus the transformers tokenizer, which the trainer then uses."""
+    folder = Path(folder)
+    vlm = VisionLanguageModel(VLMConfig(llm=model.cfg))
+    vlm.llm.load_state_dict(model.llm.state_dict())
+    vlm.generation_config = dict(model.generation_config)
+    save_pretrained(vlm, folder)
+    RunDir(folder).summary_file.write_text(json.dumps({"stage": "converted", "components": ["llm"]}, indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
 
 
 def qformer_from_bert(bert: Any, **overrides: Any) -> QFormer:

@@ -70,7 +70,14 @@ class HFTokenizer:
         return len(self.tok)
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False)
+        """Token ids; the image placeholder becomes `image_id` even in a tokenizer that does not
+        know it as one token (a plain LLM's, e.g. SmolLM2, where the VLM reserves an id for it)."""
+        if IMAGE not in text or self.tok.convert_tokens_to_ids(IMAGE) == self.image_id:
+            return self.tok.encode(text, add_special_tokens=False)
+        ids: list[int] = []
+        for i, piece in enumerate(text.split(IMAGE)):
+            ids += ([self.image_id] if i else []) + (self.tok.encode(piece, add_special_tokens=False) if piece else [])
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)

@@ -50,6 +50,13 @@ class Stage(nn.Module):
         model_cfg = self.model_config(cfg)
         if model_cfg.llm.vocab_size < len(tokenizer):
             raise ConfigError(f"model.llm.vocab_size={model_cfg.llm.vocab_size} < tokenizer size {len(tokenizer)}")
+        q = model_cfg.connector.qformer
+        if q is not None and q.instruction_aware and q.vocab_size < len(tokenizer):
+            raise ConfigError(
+                f"model.connector.qformer.vocab_size={q.vocab_size} < tokenizer size {len(tokenizer)}: the "
+                "instruction-aware Q-Former embeds the instruction with this tokenizer's ids; raise it, or set "
+                "model.connector.qformer.instruction_aware=false"
+            )
         # The stage, not the model, decides what trains (`set_trainable`), so no freeze flag is
         # applied here: "auto" needs to know what --init loaded.
         self.vlm = VisionLanguageModel(model_cfg.replace(freeze_vision=False, freeze_llm=False))

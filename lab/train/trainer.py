@@ -28,7 +28,7 @@ import lab
 from lab.config import ConfigError
 from lab.data import scene_tokenizer
 from lab.data.datasets import llava_texts, read_llava_records
-from lab.data.tokenizer import WordTokenizer, load_tokenizer
+from lab.data.tokenizer import HFTokenizer, WordTokenizer, load_tokenizer
 from lab.rundir import RunDir
 from lab.train.checkpoint import (
     config_difference,
@@ -86,7 +86,14 @@ def lr_lambda(cfg: TrainConfig):
 
 
 def run_tokenizer(cfg: TrainConfig, init: list[Path]):
-    """The scene tokenizer, or one fit to LLaVA data; it must equal the tokenizer of --init runs."""
+    """The scene tokenizer, or one fit to LLaVA data; it must equal the tokenizer of --init runs.
+    An --init folder with a transformers tokenizer (a pretrained LLM's) decides instead: its ids are
+    what that LLM's embeddings mean; the image placeholder takes `model.image_token_id`."""
+    for d in init:
+        other = load_tokenizer(d, image_id=cfg.model.image_token_id)
+        if isinstance(other, HFTokenizer):
+            log.info("tokenizer: the transformers tokenizer of --init %s (image placeholder id %d)", d, other.image_id)
+            return other
     if cfg.llava_data:
         tok = WordTokenizer.fit(llava_texts(read_llava_records(cfg.llava_data)))
     else:
@@ -344,6 +351,8 @@ def _start_or_resume(cfg, run: RunDir, stage, par, opt, sched, tok, resume, inhe
         run.trainable_file.write_text(json.dumps(decided, indent=2))
         if isinstance(tok, WordTokenizer):
             tok.save(out)
+        elif isinstance(tok, HFTokenizer):  # so that --init of this run finds the same ids
+            tok.tok.save_pretrained(str(out))
     return step, position, components
 
 
