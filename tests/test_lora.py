@@ -19,14 +19,6 @@ LORA = {"model.llm_lora.r": 4, "model.llm_lora.alpha": 8, "model.freeze_llm": "a
 
 
 @pytest.fixture(scope="module")
-def stage0(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stage0")
-    train(cfg("vision", 3), root / "vision", progress=False)
-    train(cfg("lm", 3), root / "lm", progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
 def lora_run(stage0, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora") / "run"
     summary = train(cfg("instruct", 4, **LORA), out, init=[stage0 / "vision", stage0 / "lm"], progress=False)

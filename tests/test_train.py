@@ -43,14 +43,6 @@ def cli(*args, **kw):
     )
 
 
-@pytest.fixture(scope="module")
-def stage0(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stage0")
-    train(cfg("vision", 3), root / "vision", progress=False)
-    train(cfg("lm", 3), root / "lm", progress=False)
-    return root
-
-
 def test_every_stage_trains_only_its_components(stage0, tmp_path):
     vision = lab.load_pretrained(stage0 / "vision")
     lm = lab.load_pretrained(stage0 / "lm")

@@ -16,6 +16,7 @@ from lab.config import ConfigError
 from lab.convert.configs import (
     FAMILIES,
     UnsupportedModelError,
+    bert_shape,
     family_of_hf,
     family_of_lab,
     hf_config_from_lab,
@@ -75,8 +76,7 @@ def _causal_lm(hf_model: Any) -> CausalLM:
     hf_sd = {f"language_model.{k}": v for k, v in hf_model.state_dict().items()}
     tensors = hf_to_lab(hf_sd, _expected(model), VLMConfig(llm=cfg), "blip-2")
     model.load_state_dict(tensors, assign=True, strict=True)
-    if hasattr(model.llm, "rotary"):
-        model.llm.rotary.inv_freq = _fresh_inv_freq(model.llm)
+    _rebuild_rotary(model.llm)
     return model.eval()
 
 
@@ -107,17 +107,7 @@ def qformer_from_bert(bert: Any, **overrides: Any) -> QFormer:
     bc = bert.config
     if bc.model_type != "bert" or getattr(bc, "position_embedding_type", "absolute") != "absolute":
         raise UnsupportedModelError(f"qformer_from_bert needs a BERT with absolute positions, got {bc.model_type!r}")
-    shape = dict(
-        hidden_size=bc.hidden_size,
-        num_layers=bc.num_hidden_layers,
-        num_heads=bc.num_attention_heads,
-        intermediate_size=bc.intermediate_size,
-        vocab_size=bc.vocab_size,
-        max_position_embeddings=bc.max_position_embeddings,
-        pad_token_id=bc.pad_token_id or 0,
-        layer_norm_eps=bc.layer_norm_eps,
-        hidden_act=bc.hidden_act,
-    )
+    shape = bert_shape(bc)
     clash = sorted(set(shape) & set(overrides))
     if clash:
         raise ConfigError(f"qformer_from_bert: {clash} come from the BERT checkpoint and cannot be overridden")
@@ -164,17 +154,18 @@ def _build(cfg: VLMConfig, hf_sd, family: str, overrides: dict) -> VisionLanguag
         model = VisionLanguageModel(cfg)
     tensors = hf_to_lab(hf_sd, _expected(model), cfg, family)
     model.load_state_dict(tensors, assign=True, strict=True)
-    if hasattr(model.llm, "rotary"):  # a non-persistent buffer: built on the meta device, recompute it
-        model.llm.rotary.inv_freq = _fresh_inv_freq(model.llm)
+    _rebuild_rotary(model.llm)
     model.apply_freezing()
     model.eval()
     return model.float() if all(t.dtype == torch.float32 for t in tensors.values()) else model
 
 
-def _fresh_inv_freq(llm: torch.nn.Module) -> torch.Tensor:
-    from lab.models.llm import Rotary
+def _rebuild_rotary(llm: torch.nn.Module) -> None:
+    """Llama's rotary frequencies are a non-persistent buffer: built on the meta device, so recompute them."""
+    if hasattr(llm, "rotary"):
+        from lab.models.llm import Rotary
 
-    return Rotary(llm.cfg).inv_freq.to(llm.embed.weight.device)
+        llm.rotary.inv_freq = Rotary(llm.cfg).inv_freq.to(llm.embed.weight.device)
 
 
 def _merge(base: dict, overrides: dict) -> dict:

@@ -40,48 +40,53 @@ def family_of_lab(cfg: VLMConfig) -> str:
     )
 
 
+# OPTConfig field -> transformers' OPTConfig field, read in one direction and written in the other.
+_OPT_FIELDS = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "intermediate_size": "ffn_dim",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "max_position_embeddings": "max_position_embeddings",
+    "do_layer_norm_before": "do_layer_norm_before",
+    "word_embed_proj_dim": "word_embed_proj_dim",
+    "enable_bias": "enable_bias",
+    "layer_norm_elementwise_affine": "layer_norm_elementwise_affine",
+    "hidden_act": "activation_function",
+    "tie_word_embeddings": "tie_word_embeddings",
+    "bos_token_id": "bos_token_id",
+    "eos_token_id": "eos_token_id",
+    "pad_token_id": "pad_token_id",
+}
+
+
 def _opt_from_hf(tc: Any) -> OPTConfig:
     if getattr(tc, "_remove_final_layer_norm", False):
         raise UnsupportedModelError("OPT with _remove_final_layer_norm (pre-v4.20 fine-tunes) is not supported")
-    return OPTConfig(
-        vocab_size=tc.vocab_size,
-        hidden_size=tc.hidden_size,
-        intermediate_size=tc.ffn_dim,
-        num_layers=tc.num_hidden_layers,
-        num_heads=tc.num_attention_heads,
-        max_position_embeddings=tc.max_position_embeddings,
-        do_layer_norm_before=tc.do_layer_norm_before,
-        word_embed_proj_dim=tc.word_embed_proj_dim,
-        enable_bias=tc.enable_bias,
-        layer_norm_elementwise_affine=tc.layer_norm_elementwise_affine,
-        hidden_act=tc.activation_function,
-        tie_word_embeddings=bool(tc.tie_word_embeddings),
-        bos_token_id=tc.bos_token_id,
-        eos_token_id=tc.eos_token_id,
-        pad_token_id=tc.pad_token_id,
-    )
+    cfg = {ours: getattr(tc, theirs) for ours, theirs in _OPT_FIELDS.items()}
+    return OPTConfig(**{**cfg, "tie_word_embeddings": bool(cfg["tie_word_embeddings"])})
 
 
 def _opt_to_hf(lc: OPTConfig) -> dict:
     import transformers as tf
 
-    return tf.OPTConfig(
-        vocab_size=lc.vocab_size,
-        hidden_size=lc.hidden_size,
-        ffn_dim=lc.intermediate_size,
-        num_hidden_layers=lc.num_layers,
-        num_attention_heads=lc.num_heads,
-        max_position_embeddings=lc.max_position_embeddings,
-        do_layer_norm_before=lc.do_layer_norm_before,
-        word_embed_proj_dim=lc.word_embed_proj_dim,
-        enable_bias=lc.enable_bias,
-        layer_norm_elementwise_affine=lc.layer_norm_elementwise_affine,
-        activation_function=lc.hidden_act,
-        tie_word_embeddings=lc.tie_word_embeddings,
-        bos_token_id=lc.bos_token_id,
-        eos_token_id=lc.eos_token_id,
-        pad_token_id=lc.pad_token_id,
-    ).to_dict()
+    return tf.OPTConfig(**{theirs: getattr(lc, ours) for ours, theirs in _OPT_FIELDS.items()}).to_dict()
+
+
+def bert_shape(c: Any) -> dict:
+    """The QFormerConfig fields a BERT-style transformers config fixes (BLIP-2's qformer_config, or
+    the BERT checkpoint a Q-Former is initialised from)."""
+    return dict(
+        hidden_size=c.hidden_size,
+        num_layers=c.num_hidden_layers,
+        num_heads=c.num_attention_heads,
+        intermediate_size=c.intermediate_size,
+        vocab_size=c.vocab_size,
+        max_position_embeddings=c.max_position_embeddings,
+        pad_token_id=c.pad_token_id or 0,
+        layer_norm_eps=c.layer_norm_eps,
+        hidden_act=c.hidden_act,
+    )
 
 
 def llm_config_from_hf(tc: Any) -> LLMConfig | OPTConfig:
@@ -164,20 +169,12 @@ def lab_config_from_hf(config: Any) -> VLMConfig:
         vision = VisionConfig(**_vision_common(vc), qkv_bias="qv" if vc.qkv_bias else "none")
         qc = config.qformer_config
         qformer = QFormerConfig(
-            hidden_size=qc.hidden_size,
-            num_layers=qc.num_hidden_layers,
-            num_heads=qc.num_attention_heads,
-            intermediate_size=qc.intermediate_size,
+            **bert_shape(qc),
             encoder_hidden_size=qc.encoder_hidden_size,
             cross_attention_frequency=qc.cross_attention_frequency,
             num_query_tokens=config.num_query_tokens,
             instruction_aware=family == "instructblip",
             text_ffn=family == "instructblip" or bool(getattr(qc, "use_qformer_text_input", False)),
-            vocab_size=qc.vocab_size,
-            max_position_embeddings=qc.max_position_embeddings,
-            pad_token_id=qc.pad_token_id or 0,
-            layer_norm_eps=qc.layer_norm_eps,
-            hidden_act=qc.hidden_act,
             attention_dropout=qc.attention_probs_dropout_prob,
             hidden_dropout=qc.hidden_dropout_prob,
         )

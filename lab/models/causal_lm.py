@@ -5,13 +5,12 @@ against a real checkpoint before putting it behind a vision encoder."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lab.models.generation import generate, resolve_generation_args
 from lab.models.llm import LLMConfig
 from lab.models.opt import OPTConfig
-from lab.models.vlm import VLMOutput, build_llm
+from lab.models.vlm import VLMOutput, build_llm, check_text_inputs, next_token_loss
 
 
 class CausalLM(nn.Module):
@@ -27,15 +26,9 @@ class CausalLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> VLMOutput:
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask {list(attention_mask.shape)} must match input_ids {list(input_ids.shape)}"
-            )
+        check_text_inputs(input_ids, attention_mask, labels)
         logits = self.llm(self.llm.embed(input_ids), attention_mask)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return VLMOutput(logits=logits, loss=loss)
+        return VLMOutput(logits=logits, loss=None if labels is None else next_token_loss(logits, labels))
 
     @torch.no_grad()
     def generate(

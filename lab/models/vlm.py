@@ -63,6 +63,17 @@ def build_llm(cfg: LLMConfig | OPTConfig) -> LanguageModel | OPTDecoder:
     return OPTDecoder(cfg) if cfg.family == "opt" else LanguageModel(cfg)
 
 
+def check_text_inputs(input_ids: torch.Tensor, attention_mask=None, labels=None) -> None:
+    for name, t in (("attention_mask", attention_mask), ("labels", labels)):
+        if t is not None and t.shape != input_ids.shape:
+            raise ValueError(f"{name} {list(t.shape)} must match input_ids {list(input_ids.shape)}")
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each position's logits against the next label (-100: not scored)."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
 @dataclasses.dataclass
 class VLMOutput:
     logits: torch.Tensor
@@ -126,17 +137,9 @@ class VisionLanguageModel(nn.Module):
     ) -> VLMOutput:
         visual = self.visual_embeddings(pixel_values, instruction_ids, instruction_mask)
         embeds = self.input_embeddings(input_ids, visual)
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask {list(attention_mask.shape)} must match input_ids {list(input_ids.shape)}"
-            )
+        check_text_inputs(input_ids, attention_mask, labels)
         logits = self.llm(embeds, attention_mask)
-        loss = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels {list(labels.shape)} must match input_ids {list(input_ids.shape)}")
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return VLMOutput(logits=logits, loss=loss)
+        return VLMOutput(logits=logits, loss=None if labels is None else next_token_loss(logits, labels))
 
     @torch.no_grad()
     def generate(

@@ -89,8 +89,8 @@ def run_tokenizer(cfg: TrainConfig, init: list[Path]):
     """The scene tokenizer, or one fit to LLaVA data; it must equal the tokenizer of --init runs.
     An --init folder with a transformers tokenizer (a pretrained LLM's) decides instead: its ids are
     what that LLM's embeddings mean; the image placeholder takes `model.image_token_id`."""
-    for d in init:
-        other = load_tokenizer(d, image_id=cfg.model.image_token_id)
+    saved = {d: load_tokenizer(d, image_id=cfg.model.image_token_id) for d in init}
+    for d, other in saved.items():
         if isinstance(other, HFTokenizer):
             log.info("tokenizer: the transformers tokenizer of --init %s (image placeholder id %d)", d, other.image_id)
             return other
@@ -98,8 +98,7 @@ def run_tokenizer(cfg: TrainConfig, init: list[Path]):
         tok = WordTokenizer.fit(llava_texts(read_llava_records(cfg.llava_data)))
     else:
         tok = scene_tokenizer()
-    for d in init:
-        other = load_tokenizer(d)
+    for d, other in saved.items():
         if cfg.llava_data and isinstance(other, WordTokenizer):
             tok = other  # keep the vocabulary the initial weights were trained with
         elif other != tok and isinstance(other, WordTokenizer):
