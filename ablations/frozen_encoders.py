@@ -27,7 +27,7 @@ PAPER = {
     "LoRA keeps more held-out than full LLM tuning": "Biderman et al. 2024, 'LoRA learns less and forgets less'",
 }
 LORA = {"model.freeze_llm": "auto", "model.llm_lora.r": 8, "model.llm_lora.alpha": 16}
-SMALL_SET = 300  # distinct tuning images: Prismatic's effect needs broad pretraining + a small tuning set
+SMALL_SET = 1000  # distinct tuning images: Prismatic's effect needs broad pretraining + a small tuning set (HISTORY.md)
 
 
 def variants(quick: bool) -> list[Variant]:
