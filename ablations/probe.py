@@ -284,7 +284,7 @@ def text_accuracy(folder: str | Path, per_family: int = 200, split: str = "val")
     """The LM alone, given the true caption as text: exact match per question family. This is
     the ceiling of any frozen-LLM variant: a connector can at best hand the LLM the caption."""
     from lab.data import FAMILIES, normalize
-    from lab.models.generation import generate
+    from lab.models.generation import generate_causal
 
     folder = Path(folder)
     model, tok = lab.load_pretrained(folder), load_tokenizer(folder)
@@ -297,7 +297,7 @@ def text_accuracy(folder: str | Path, per_family: int = 200, split: str = "val")
         for i in range(0, per_family, 128):
             samples = [ds[j] for j in range(i, min(per_family, i + 128))]
             b = collate(samples, prompt_only=True)
-            out = generate(
+            out = generate_causal(
                 model.llm,
                 b["input_ids"],
                 model.llm.embed(b["input_ids"]),

@@ -57,7 +57,8 @@ def answer(model: VisionLanguageModel, tok, samples, max_new_tokens: int = 8, co
         pad_token_id=tok.pad_id,
     )
     replies = []
-    for row in out[:, batch["input_ids"].shape[1] :].tolist():
+    start = 1 if model.cfg.llm.family == "t5" else batch["input_ids"].shape[1]  # T5 returns decoder tokens
+    for row in out[:, start:].tolist():
         if tok.eos_id in row:
             row = row[: row.index(tok.eos_id)]
         replies.append(tok.decode(row))

@@ -77,7 +77,16 @@ def blip2(instruct=False, vis=None, text=None, q_hidden=32, q_heads=4, q_layers=
         num_query_tokens=queries,
         image_token_index=IMAGE_TOKEN,
     )
-    return _randomize(model_cls(cfg))
+    return _untie_t5(_randomize(model_cls(cfg)), cfg.text_config)
+
+
+def _untie_t5(model, text_cfg):
+    """transformers builds every T5 with its head tied to the word embeddings and unties it only when
+    a checkpoint's two tensors differ (Flan-T5's do): give the head its own values, as Flan-T5 has."""
+    if text_cfg.model_type == "t5" and not text_cfg.scale_decoder_outputs:
+        lm = model.language_model if hasattr(model, "language_model") else model
+        lm.lm_head.weight = torch.nn.Parameter(torch.randn_like(lm.shared.weight) * 0.2)
+    return model
 
 
 def llava(vis=None, text=None, feature_layer=-2, strategy="default", seed=0):
@@ -137,3 +146,23 @@ def image_tokens(cfg) -> int:
 def pixels(cfg, batch=2, seed=2):
     s = cfg.vision_config.image_size
     return torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+def t5(hidden=32, heads=4, d_kv=8, layers=2, decoder_layers=None, vocab=96, gated=True, tie=False):
+    """Flan-T5's shape by default (gated GELU, untied and unscaled head); `tie=True, gated=False` is T5 v1.0's."""
+    return tf.T5Config(
+        vocab_size=vocab,
+        d_model=hidden,
+        d_kv=d_kv,
+        d_ff=2 * hidden + 8,
+        num_layers=layers,
+        num_decoder_layers=decoder_layers,
+        num_heads=heads,
+        relative_attention_num_buckets=8,  # small, so that short test prompts reach the log-spaced buckets
+        relative_attention_max_distance=16,
+        feed_forward_proj="gated-gelu" if gated else "relu",
+        tie_word_embeddings=tie,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    ).to_dict()

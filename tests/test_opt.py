@@ -42,7 +42,7 @@ def test_kv_cache_matches_a_full_forward():
     ids = torch.randint(3, 96, (2, 10), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
     mask[0, :2] = 0
-    cache = KVCache(lab.cfg, 2, 10, ids.device, torch.float32)
+    cache = KVCache.for_decoder(lab.cfg, 2, 10, ids.device, torch.float32)
     with torch.no_grad():
         full = lab(lab.embed(ids), mask)
         steps = [lab(lab.embed(ids[:, :6]), mask[:, :6], cache=cache)]

@@ -185,6 +185,8 @@ def test_bad_runs_are_refused(tmp_path):
     assert r.returncode == 2 and "unknown config key" in r.stderr and "num_layers" in r.stderr
     with pytest.raises(ConfigError, match="empty"):
         build_config("instruct", overrides={"data.families": []})
+    with pytest.raises(ConfigError, match="family=t5: lab's training stages build decoder-only batches"):
+        train(build_config("instruct", overrides={"model.llm.family": "t5"}), tmp_path / "t5", progress=False)
 
 
 class _Payload:

@@ -24,7 +24,7 @@ from lab.convert.configs import (
     llm_config_from_hf,
 )
 from lab.convert.weights import CheckpointError, hf_to_lab, lab_to_hf, to_disk_names
-from lab.models import CausalLM, QFormer, QFormerConfig, VisionLanguageModel, VLMConfig, lora
+from lab.models import CausalLM, QFormer, QFormerConfig, Seq2SeqLM, VisionLanguageModel, VLMConfig, lora
 from lab.rundir import RunDir
 
 log = logging.getLogger("lab")
@@ -47,12 +47,13 @@ def _expected(model: VisionLanguageModel) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
-CAUSAL_LMS = ("LlamaForCausalLM", "OPTForCausalLM")
+CAUSAL_LMS = ("LlamaForCausalLM", "OPTForCausalLM", "T5ForConditionalGeneration")
 
 
 def from_transformers(hf_model: Any, **overrides: Any) -> VisionLanguageModel | CausalLM:
     """A lab model with the weights of a transformers Blip2/InstructBlip/Llava ForConditionalGeneration,
-    or, for a bare `LlamaForCausalLM` / `OPTForCausalLM`, lab's language model (`CausalLM`)."""
+    or, for a bare `LlamaForCausalLM` / `OPTForCausalLM`, lab's language model (`CausalLM`; for
+    `T5ForConditionalGeneration`, `Seq2SeqLM`)."""
     name = type(hf_model).__name__
     if name in CAUSAL_LMS:
         model = _causal_lm(hf_model)
@@ -68,11 +69,11 @@ def from_transformers(hf_model: Any, **overrides: Any) -> VisionLanguageModel | 
 
 
 def _causal_lm(hf_model: Any) -> CausalLM:
-    """The decoder's tensors carry the names they have inside BLIP-2 once prefixed with
-    `language_model.`, so BLIP-2's renaming rules (Llama or OPT) map them."""
+    """The language model's tensors carry the names they have inside BLIP-2 once prefixed with
+    `language_model.`, so BLIP-2's renaming rules (Llama, OPT or T5) map them."""
     cfg = llm_config_from_hf(hf_model.config)
     with torch.device("meta"):
-        model = CausalLM(cfg)
+        model = (Seq2SeqLM if cfg.family == "t5" else CausalLM)(cfg)
     hf_sd = {f"language_model.{k}": v for k, v in hf_model.state_dict().items()}
     tensors = hf_to_lab(hf_sd, _expected(model), VLMConfig(llm=cfg), "blip-2")
     model.load_state_dict(tensors, assign=True, strict=True)
@@ -183,9 +184,15 @@ def to_transformers(model: VisionLanguageModel) -> Any:
     config = hf_config_from_lab(model.cfg)
     cls = getattr(tf, FAMILIES[family])
     hf_model = cls(config)
+    if model.cfg.llm.family == "t5" and not model.cfg.llm.tie_word_embeddings:
+        # transformers builds every T5 with its head tied to the word embeddings (and unties it only
+        # when a checkpoint's two tensors differ): give the untied head its own tensor first.
+        lm = hf_model.language_model
+        lm.lm_head.weight = torch.nn.Parameter(lm.lm_head.weight.detach().clone())
     sd = lab_to_hf(model.state_dict(), model.cfg, family)
     missing, unexpected = hf_model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not (model.cfg.llm.tie_word_embeddings and k.endswith("lm_head.weight"))]
+    tied = [*(["lm_head.weight"] if model.cfg.llm.tie_word_embeddings else []), "coder.embed_tokens.weight"]
+    missing = [k for k in missing if not any(k.endswith(t) for t in tied)]  # aliases of the word embeddings
     if missing or unexpected:
         raise CheckpointError(
             f"transformers model did not take lab's weights: missing {missing}, unexpected {unexpected}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lab.models import ConnectorConfig, LLMConfig, OPTConfig, QFormerConfig, VisionConfig, VLMConfig
+from lab.models import ConnectorConfig, LLMConfig, OPTConfig, QFormerConfig, T5Config, VisionConfig, VLMConfig
 
 FAMILIES = {
     "blip-2": "Blip2ForConditionalGeneration",
@@ -73,6 +73,51 @@ def _opt_to_hf(lc: OPTConfig) -> dict:
     return tf.OPTConfig(**{theirs: getattr(lc, ours) for ours, theirs in _OPT_FIELDS.items()}).to_dict()
 
 
+# T5Config field -> transformers' T5Config field (the head's tie and the activation are mapped apart).
+_T5_FIELDS = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "d_model",
+    "head_dim": "d_kv",
+    "intermediate_size": "d_ff",
+    "num_layers": "num_layers",
+    "num_decoder_layers": "num_decoder_layers",
+    "num_heads": "num_heads",
+    "relative_attention_num_buckets": "relative_attention_num_buckets",
+    "relative_attention_max_distance": "relative_attention_max_distance",
+    "layer_norm_eps": "layer_norm_epsilon",
+    "eos_token_id": "eos_token_id",
+    "pad_token_id": "pad_token_id",
+    "decoder_start_token_id": "decoder_start_token_id",
+}
+_T5_ACTS = {"gelu_new": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}  # theirs -> ours
+
+
+def _t5_from_hf(tc: Any) -> T5Config:
+    act = _T5_ACTS.get(tc.dense_act_fn)
+    if act is None:
+        raise UnsupportedModelError(f"T5 feed-forward activation {tc.dense_act_fn!r}; lab has {sorted(_T5_ACTS)}")
+    cfg = {ours: getattr(tc, theirs, None) for ours, theirs in _T5_FIELDS.items()}
+    if cfg["decoder_start_token_id"] is None:
+        cfg["decoder_start_token_id"] = tc.pad_token_id or 0  # T5 starts decoding from pad
+    if isinstance(cfg["eos_token_id"], list):
+        cfg["eos_token_id"] = cfg["eos_token_id"][0]
+    # transformers keeps the checkpoint's tie_word_embeddings as `scale_decoder_outputs`: a tied
+    # (T5 v1.0) head is scaled, Flan-T5's untied head is not.
+    tied = bool(getattr(tc, "scale_decoder_outputs", tc.tie_word_embeddings))
+    return T5Config(**cfg, gated=bool(tc.is_gated_act), hidden_act=act, tie_word_embeddings=tied)
+
+
+def _t5_to_hf(lc: T5Config) -> dict:
+    import transformers as tf
+
+    act = {ours: theirs for theirs, ours in _T5_ACTS.items()}[lc.hidden_act]
+    if lc.gated and act not in ("gelu_new", "relu", "silu"):
+        raise UnsupportedModelError(f"transformers' gated T5 feed-forward has no {lc.hidden_act!r}")
+    proj = ("gated-" + ("gelu" if act == "gelu_new" else act)) if lc.gated else act
+    fields = {theirs: getattr(lc, ours) for ours, theirs in _T5_FIELDS.items()}
+    return tf.T5Config(**fields, feed_forward_proj=proj, tie_word_embeddings=lc.tie_word_embeddings).to_dict()
+
+
 def bert_shape(c: Any) -> dict:
     """The QFormerConfig fields a BERT-style transformers config fixes (BLIP-2's qformer_config, or
     the BERT checkpoint a Q-Former is initialised from)."""
@@ -89,12 +134,14 @@ def bert_shape(c: Any) -> dict:
     )
 
 
-def llm_config_from_hf(tc: Any) -> LLMConfig | OPTConfig:
+def llm_config_from_hf(tc: Any) -> LLMConfig | OPTConfig | T5Config:
     if tc.model_type == "opt":
         return _opt_from_hf(tc)
+    if tc.model_type == "t5":
+        return _t5_from_hf(tc)
     if tc.model_type != "llama":
         raise UnsupportedModelError(
-            f"unsupported text model {tc.model_type!r}: lab implements Llama-family and OPT decoders"
+            f"unsupported text model {tc.model_type!r}: lab implements Llama-family and OPT decoders and T5"
         )
     rope = dict(getattr(tc, "rope_parameters", None) or {})
     if rope.get("rope_type", "default") != "default":
@@ -211,9 +258,9 @@ def hf_config_from_lab(cfg: VLMConfig) -> Any:
 
     family = family_of_lab(cfg)
     lc, v = cfg.llm, cfg.vision
-    if lc.family == "opt" and family == "llava":
-        raise UnsupportedModelError("LLaVA with an OPT LLM has no transformers layout that lab writes")
-    text = _opt_to_hf(lc) if lc.family == "opt" else _llama_to_hf(lc)
+    if lc.family != "llama" and family == "llava":
+        raise UnsupportedModelError(f"LLaVA with a {lc.family!r} LLM has no transformers layout that lab writes")
+    text = {"opt": _opt_to_hf, "t5": _t5_to_hf}.get(lc.family, _llama_to_hf)(lc)
     vision = dict(
         image_size=v.image_size,
         patch_size=v.patch_size,

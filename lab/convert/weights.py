@@ -43,6 +43,39 @@ def _opt_rules(p: str, head: str) -> list[tuple[str, str]]:
     ]
 
 
+def _t5_rules(p: str) -> list[tuple[str, str]]:
+    """T5 inside BLIP-2 / InstructBLIP: `p` is "language_model."; the encoder's feed-forward is its
+    blocks' layer 1, the decoder's layer 2 (layer 1 is cross-attention). Gated `wi` is in `_fused`."""
+    s = r"llm\.(encoder|decoder)\.layers\.(\d+)\."
+    block = p + r"\1.block.\2.layer."
+    return [
+        (r"llm\.embed\.weight", p + "shared.weight"),
+        (
+            r"llm\.(encoder|decoder)\.rel_bias\.weight",
+            p + r"\1.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+        ),
+        (s + r"attn\.(q|k|v|o)\.weight", block + r"0.SelfAttention.\3.weight"),
+        (s + r"attn_norm\.weight", block + "0.layer_norm.weight"),
+        (
+            r"llm\.decoder\.layers\.(\d+)\.cross\.(q|k|v|o)\.weight",
+            p + r"decoder.block.\1.layer.1.EncDecAttention.\2.weight",
+        ),
+        (r"llm\.decoder\.layers\.(\d+)\.cross_norm\.weight", p + r"decoder.block.\1.layer.1.layer_norm.weight"),
+        (r"llm\.encoder\.layers\.(\d+)\.mlp_norm\.weight", p + r"encoder.block.\1.layer.1.layer_norm.weight"),
+        (r"llm\.decoder\.layers\.(\d+)\.mlp_norm\.weight", p + r"decoder.block.\1.layer.2.layer_norm.weight"),
+        (
+            r"llm\.encoder\.layers\.(\d+)\.mlp\.(wi|wo)\.weight",
+            p + r"encoder.block.\1.layer.1.DenseReluDense.\2.weight",
+        ),
+        (
+            r"llm\.decoder\.layers\.(\d+)\.mlp\.(wi|wo)\.weight",
+            p + r"decoder.block.\1.layer.2.DenseReluDense.\2.weight",
+        ),
+        (r"llm\.(encoder|decoder)\.norm\.weight", p + r"\1.final_layer_norm.weight"),
+        (r"llm\.lm_head\.weight", p + "lm_head.weight"),
+    ]
+
+
 def _vision_rules(v: str, clip: bool) -> list[tuple[str, str]]:
     rules = [
         (r"vision\.patch_embed\.(weight|bias)", v + r"embeddings.patch_embedding.\1"),
@@ -105,6 +138,8 @@ def rules_for(family: str, llm_family: str = "llama") -> list[tuple[re.Pattern, 
     else:
         if llm_family == "opt":
             rules = _opt_rules("language_model.model.decoder.", "language_model.lm_head.weight")
+        elif llm_family == "t5":
+            rules = _t5_rules("language_model.")
         else:
             rules = _llm_rules("language_model.model.", "language_model.lm_head.weight")
         rules += _vision_rules("vision_model.", False) + _qformer_rules(family == "instructblip")
@@ -123,12 +158,19 @@ _CLIP_QKV = re.compile(r"vision\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
 _BLIP_QV = re.compile(r"vision\.layers\.(\d+)\.attn\.(q|v)_bias$")
 _LLM_QKV = re.compile(r"llm\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
 _LLM_GATE_UP = re.compile(r"llm\.layers\.(\d+)\.mlp\.gate_up\.(weight|bias)$")
+_T5_GATED_WI = re.compile(r"llm\.(encoder|decoder)\.layers\.(\d+)\.mlp\.wi\.weight$")
 
 
 def _fused(key: str, cfg: VLMConfig, family: str) -> tuple[list[str], list[int]] | None:
     """For a lab tensor that is several transformers tensors joined on dim 0: their names and sizes."""
     llm = "model.language_model." if family == "llava" else "language_model.model."
     llm += "decoder." if cfg.llm.family == "opt" else ""
+    if cfg.llm.family == "t5":
+        if cfg.llm.gated and (m := _T5_GATED_WI.match(key)):
+            ff = 1 if m[1] == "encoder" else 2
+            names = [f"language_model.{m[1]}.block.{m[2]}.layer.{ff}.DenseReluDense.wi_{i}.weight" for i in (0, 1)]
+            return names, [cfg.llm.intermediate_size] * 2
+        return None
     if m := _LLM_QKV.match(key):
         h, hkv, d = cfg.llm.num_heads, cfg.llm.num_kv_heads, cfg.llm.head_dim
         return [f"{llm}layers.{m[1]}.self_attn.{n}_proj.{m[2]}" for n in "qkv"], [h * d, hkv * d, hkv * d]
@@ -203,6 +245,7 @@ IGNORED_HF = (
     re.compile(r".*rotary_emb\.inv_freq$"),
     re.compile(r".*position_ids$"),
     re.compile(r"model\.vision_tower\.post_layernorm\.(weight|bias)$"),
+    re.compile(r"language_model\.(encoder|decoder)\.embed_tokens\.weight$"),  # T5: aliases of `shared`
 )
 
 

@@ -17,8 +17,10 @@ def attention(
     impl: str = "sdpa",
     dropout: float = 0.0,
     is_causal: bool = False,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """softmax(q kᵀ / √d + mask) v for q: `b h tq d`, k/v: `b hkv tk d` (hkv divides h).
+    """softmax(q kᵀ · scale + mask) v for q: `b h tq d`, k/v: `b hkv tk d` (hkv divides h); the
+    scale defaults to 1/√d (T5 passes 1).
 
     `mask` is additive (0 or a large negative value), broadcastable to `b h tq tk`. Keys are
     shared across head groups (grouped-query attention) by repeating them for eager.
@@ -26,12 +28,12 @@ def attention(
     groups = q.shape[1] // k.shape[1]
     if impl == "sdpa":
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, enable_gqa=groups > 1
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=scale, enable_gqa=groups > 1
         )
     if groups > 1:
         k = repeat(k, "b h t d -> b (h g) t d", g=groups)
         v = repeat(v, "b h t d -> b (h g) t d", g=groups)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
     if is_causal:
         tq, tk = scores.shape[-2:]
         causal = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)

@@ -72,11 +72,45 @@ def eos_ids(eos_token_id: int | list[int] | None) -> list[int]:
     return [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
 
 
+class CausalDecoding:
+    """A decoder-only LLM's state for `generate`: the prompt is prefilled into a KV cache, then
+    each new token is one cached step. (`t5.T5Decoding` is the encoder-decoder counterpart.)"""
+
+    def __init__(self, llm: LanguageModel, input_ids, embeds, attention_mask, max_new_tokens: int) -> None:
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError(
+                "generate needs left-padded prompts: some rows end in padding (attention_mask[:, -1] == 0)"
+            )
+        self.llm, self.embeds, self.mask = llm, embeds, attention_mask
+        self.cache = KVCache.for_decoder(llm.cfg, b, t + max(max_new_tokens, 0), embeds.device, embeds.dtype)
+
+    def first(self) -> torch.Tensor:
+        """Logits `b vocab` for the first new token."""
+        return self.llm(self.embeds, self.mask, cache=self.cache, last_only=True)[:, -1]
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """Logits for the token after `token` (`b 1`)."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        return self.llm(self.llm.embed(token), self.mask, cache=self.cache)[:, -1]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep (or repeat) rows `index`: beam search."""
+        self.cache.reorder(index)
+        self.mask = self.mask.index_select(0, index)
+
+
+def generate_causal(llm: LanguageModel, input_ids, embeds, attention_mask, **kwargs) -> torch.Tensor:
+    """Prompt plus new tokens from a decoder-only LLM; `kwargs` are `generate`'s."""
+    decoding = CausalDecoding(llm, input_ids, embeds, attention_mask, kwargs.get("max_new_tokens", 20))
+    return generate(decoding, input_ids, **kwargs)
+
+
 def generate(
-    llm: LanguageModel,
-    input_ids: torch.Tensor,
-    embeds: torch.Tensor,
-    attention_mask: torch.Tensor | None,
+    decoding,
+    start_ids: torch.Tensor,
     max_new_tokens: int = 20,
     do_sample: bool = False,
     temperature: float = 1.0,
@@ -90,28 +124,25 @@ def generate(
     repetition_penalty: float = 1.0,
     length_penalty: float = 1.0,
 ) -> torch.Tensor:
-    """Prompt plus new tokens. `eos_token_id` (one id or several) ends a row; none given: rows run to
-    `max_new_tokens`. `min_new_tokens` forbids eos before that many; `repetition_penalty` divides
-    (multiplies, if negative) the logits of every token already in the row, prompt included."""
+    """`start_ids` plus new tokens: the prompt for a decoder-only LLM (`CausalDecoding`), the
+    decoder start token for T5 (`T5Decoding`), as transformers returns them. `eos_token_id` (one id
+    or several) ends a row; none given: rows run to `max_new_tokens`. `min_new_tokens` forbids eos
+    before that many; `repetition_penalty` divides (multiplies, if negative) the logits of every
+    token already in the row (`start_ids` included)."""
     check_generation_args(
         max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, num_beams, repetition_penalty
     )
-    b, t = input_ids.shape
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    if bool((attention_mask[:, -1] == 0).any()):
-        raise ValueError("generate needs left-padded prompts: some rows end in padding (attention_mask[:, -1] == 0)")
     if max_new_tokens < 1:
-        return input_ids
+        return start_ids
     eos = eos_ids(eos_token_id)
     if num_beams > 1:
-        return _beam_search(llm, input_ids, embeds, attention_mask, max_new_tokens, num_beams, eos, length_penalty)
+        return _beam_search(decoding, start_ids, max_new_tokens, num_beams, eos, length_penalty)
+    b = start_ids.shape[0]
     pad = pad_token_id if pad_token_id is not None else eos[0] if eos else 0
-    eos_t = torch.tensor(eos, dtype=torch.long, device=input_ids.device)
-    cache = KVCache(llm.cfg, b, t + max_new_tokens, embeds.device, embeds.dtype)
-    logits = llm(embeds, attention_mask, cache=cache, last_only=True)[:, -1]
-    done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-    out = [input_ids]
+    eos_t = torch.tensor(eos, dtype=torch.long, device=start_ids.device)
+    logits = decoding.first()
+    done = torch.zeros(b, dtype=torch.bool, device=start_ids.device)
+    out = [start_ids]
     for step in range(max_new_tokens):
         scores = logits.float()
         if repetition_penalty != 1.0:
@@ -128,8 +159,7 @@ def generate(
         out.append(token[:, None])
         if (eos and bool(done.all())) or step == max_new_tokens - 1:
             break
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
-        logits = llm(llm.embed(token[:, None]), attention_mask, cache=cache)[:, -1]
+        logits = decoding.step(token[:, None])
     return torch.cat(out, dim=1)
 
 
@@ -148,14 +178,14 @@ def _pick(logits, do_sample, temperature, top_k, top_p, generator) -> torch.Tens
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
-def _beam_search(llm, input_ids, embeds, attention_mask, max_new_tokens, k, eos, length_penalty) -> torch.Tensor:
+def _beam_search(decoding, start_ids, max_new_tokens, k, eos, length_penalty) -> torch.Tensor:
     """Standard beam search; a hypothesis scores sum log p / new_tokens ** length_penalty."""
-    b, t = input_ids.shape
-    vocab = llm.cfg.vocab_size
-    rep = lambda x: x.repeat_interleave(k, dim=0)  # noqa: E731
-    ids, mask = rep(input_ids), rep(attention_mask)
-    cache = KVCache(llm.cfg, b * k, t + max_new_tokens, embeds.device, embeds.dtype)
-    logp = llm(rep(embeds), mask, cache=cache, last_only=True)[:, -1].float().log_softmax(-1)
+    b, t = start_ids.shape
+    logp = decoding.first().float().log_softmax(-1)
+    vocab = logp.shape[-1]
+    rows = torch.arange(b, device=start_ids.device).repeat_interleave(k)
+    decoding.reorder(rows)  # k copies of each row's state
+    ids, logp = start_ids[rows], logp[rows]
     scores = torch.full((b, k), float("-inf"), device=ids.device)
     scores[:, 0] = 0.0  # identical beams at start: expand only the first
     finished: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(b)]
@@ -181,8 +211,7 @@ def _beam_search(llm, input_ids, embeds, attention_mask, max_new_tokens, k, eos,
         scores = new_scores
         flat_src = src.view(-1)
         ids = torch.cat([ids[flat_src], tok.view(-1, 1)], dim=1)
-        mask = torch.cat([mask[flat_src], mask.new_ones(b * k, 1)], dim=1)
-        cache.reorder(flat_src)
+        decoding.reorder(flat_src)
         best_open = scores.max(-1).values / (step + 1) ** length_penalty
         if eos and all(
             len(finished[r]) >= k and max(s for s, _ in finished[r]) >= float(best_open[r]) for r in range(b)
@@ -190,7 +219,7 @@ def _beam_search(llm, input_ids, embeds, attention_mask, max_new_tokens, k, eos,
             break
         if step == max_new_tokens - 1:
             break
-        logp = llm(llm.embed(tok.view(-1, 1)), mask, cache=cache)[:, -1].float().log_softmax(-1)
+        logp = decoding.step(tok.view(-1, 1)).float().log_softmax(-1)
     n_new = ids.shape[1] - t
     results = []
     for row in range(b):
@@ -199,7 +228,7 @@ def _beam_search(llm, input_ids, embeds, attention_mask, max_new_tokens, k, eos,
         results.append(max(finished[row], key=lambda x: x[0])[1])
     width = max(r.shape[0] for r in results)
     pad = eos[0] if eos else 0
-    out = torch.full((b, width), pad, dtype=input_ids.dtype, device=input_ids.device)
+    out = torch.full((b, width), pad, dtype=start_ids.dtype, device=start_ids.device)
     for row, seq in enumerate(results):
         out[row, : seq.shape[0]] = seq
     return out

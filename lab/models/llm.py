@@ -55,12 +55,17 @@ class LLMConfig(Config):
 class KVCache:
     """Preallocated keys/values `b hkv tmax d` per layer; `length` tokens are filled."""
 
-    def __init__(self, cfg: LLMConfig, batch: int, max_len: int, device, dtype) -> None:
-        shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
-        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, batch: int, max_len: int, device, dtype) -> None:
+        shape = (batch, kv_heads, max_len, head_dim)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)]
         self.length = 0
         self.max_len = max_len
+
+    @classmethod
+    def for_decoder(cls, cfg, batch: int, max_len: int, device, dtype) -> KVCache:
+        """A cache shaped for a decoder-only LLM's config (Llama or OPT)."""
+        return cls(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, batch, max_len, device, dtype)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = self.length, self.length + k.shape[2]

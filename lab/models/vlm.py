@@ -1,6 +1,8 @@
 """VisionLanguageModel: vision encoder -> connector -> visual embeddings placed at the image
-placeholder tokens of `input_ids` -> Llama decoder. The placeholder convention is the one
-transformers uses today, so converted checkpoints see exactly the same sequence."""
+placeholder tokens of `input_ids` -> language model: a Llama or OPT decoder, or a T5 encoder
+(whose decoder then writes the answer, as in BLIP-2's and InstructBLIP's Flan-T5 models). The
+placeholder convention is the one transformers uses today, so converted checkpoints see exactly the
+same sequence."""
 
 from __future__ import annotations
 
@@ -13,20 +15,22 @@ from torch import nn
 
 from lab.config import Config, ConfigError
 from lab.models.connectors import ConnectorConfig, build_connector
-from lab.models.generation import generate, resolve_generation_args
+from lab.models.generation import generate, generate_causal, resolve_generation_args
 from lab.models.llm import LanguageModel, LLMConfig
 from lab.models.lora import LoRAConfig
 from lab.models.opt import OPTConfig, OPTDecoder
+from lab.models.t5 import T5Config, T5Decoding, T5Model
 from lab.models.vision import VisionConfig, VisionEncoder
 
 log = logging.getLogger("lab")
+LLM_CONFIGS = {"llama": LLMConfig, "opt": OPTConfig, "t5": T5Config}  # a config's "family" key picks
 
 
 @dataclasses.dataclass
 class VLMConfig(Config):
     vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
     connector: ConnectorConfig = dataclasses.field(default_factory=ConnectorConfig)
-    llm: LLMConfig | OPTConfig = dataclasses.field(default_factory=LLMConfig)  # Llama/Vicuna or OPT
+    llm: LLMConfig | OPTConfig | T5Config = dataclasses.field(default_factory=LLMConfig)  # Llama/Vicuna, OPT, T5
     image_token_id: int = 3
     # True / False, or "auto": the training stage decides (`lab.train.trainable`): a part loaded
     # from --init keeps the stage's default, a part with random weights is trained.
@@ -42,7 +46,7 @@ class VLMConfig(Config):
 
     def __post_init__(self) -> None:
         if isinstance(self.llm, dict):
-            self.llm = (OPTConfig if self.llm.get("family") == "opt" else LLMConfig).from_dict(self.llm)
+            self.llm = LLM_CONFIGS.get(self.llm.get("family", "llama"), LLMConfig).from_dict(self.llm)
         parts = (("vision", VisionConfig), ("connector", ConnectorConfig))
         for name, cls in (*parts, ("llm_lora", LoRAConfig), ("vision_lora", LoRAConfig)):
             if isinstance(getattr(self, name), dict):
@@ -59,25 +63,57 @@ class VLMConfig(Config):
         return self.connector.num_tokens(self.vision.num_features)
 
 
-def build_llm(cfg: LLMConfig | OPTConfig) -> LanguageModel | OPTDecoder:
-    return OPTDecoder(cfg) if cfg.family == "opt" else LanguageModel(cfg)
+@dataclasses.dataclass
+class VLMOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
 
 
-def check_text_inputs(input_ids: torch.Tensor, attention_mask=None, labels=None) -> None:
-    for name, t in (("attention_mask", attention_mask), ("labels", labels)):
+def build_llm(cfg: LLMConfig | OPTConfig | T5Config) -> LanguageModel | OPTDecoder | T5Model:
+    return {"opt": OPTDecoder, "t5": T5Model}.get(cfg.family, LanguageModel)(cfg)
+
+
+def check_text_inputs(input_ids: torch.Tensor, attention_mask=None, labels=None, name: str = "input_ids") -> None:
+    for key, t in (("attention_mask", attention_mask), ("labels", labels)):
         if t is not None and t.shape != input_ids.shape:
-            raise ValueError(f"{name} {list(t.shape)} must match input_ids {list(input_ids.shape)}")
+            raise ValueError(f"{key} {list(t.shape)} must match {name} {list(input_ids.shape)}")
+
+
+def llm_logits(
+    llm, embeds, input_ids, attention_mask=None, labels=None, decoder_input_ids=None, decoder_attention_mask=None
+) -> VLMOutput:
+    """The language model's logits and loss. A decoder scores each position against the next label;
+    T5's decoder reads `decoder_input_ids` (by default the labels shifted right after the start
+    token) and scores each position against its own label, as transformers does."""
+    check_text_inputs(input_ids, attention_mask)
+    if llm.cfg.family != "t5":
+        if decoder_input_ids is not None or decoder_attention_mask is not None:
+            raise ValueError(f"decoder_input_ids / decoder_attention_mask are for T5, not a {llm.cfg.family} LLM")
+        check_text_inputs(input_ids, attention_mask, labels)
+        logits = llm(embeds, attention_mask)
+        return VLMOutput(logits=logits, loss=None if labels is None else next_token_loss(logits, labels))
+    if decoder_input_ids is None and labels is not None:
+        decoder_input_ids = llm.shift_right(labels)
+    if decoder_input_ids is not None:
+        check_text_inputs(decoder_input_ids, decoder_attention_mask, labels, "decoder_input_ids")
+    logits = llm(embeds, attention_mask, decoder_input_ids, decoder_attention_mask)
+    loss = None
+    if labels is not None:
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+    return VLMOutput(logits=logits, loss=loss)
+
+
+def generate_text(llm, input_ids, embeds, attention_mask, **args) -> torch.Tensor:
+    """A decoder's prompt plus new tokens, or T5's decoder start token plus new tokens (as transformers)."""
+    if llm.cfg.family != "t5":
+        return generate_causal(llm, input_ids, embeds, attention_mask, **args)
+    decoding = T5Decoding(llm, embeds, attention_mask, max(args.get("max_new_tokens", 20), 0))
+    return generate(decoding, decoding.start, **args)
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of each position's logits against the next label (-100: not scored)."""
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-
-
-@dataclasses.dataclass
-class VLMOutput:
-    logits: torch.Tensor
-    loss: torch.Tensor | None = None
 
 
 class VisionLanguageModel(nn.Module):
@@ -134,12 +170,16 @@ class VisionLanguageModel(nn.Module):
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
     ) -> VLMOutput:
+        """Logits (and the loss, with labels). With a T5 LLM, `input_ids` is the encoder's prompt and
+        the decoder reads `decoder_input_ids` (default: the labels shifted right), as in transformers."""
         visual = self.visual_embeddings(pixel_values, instruction_ids, instruction_mask)
         embeds = self.input_embeddings(input_ids, visual)
-        check_text_inputs(input_ids, attention_mask, labels)
-        logits = self.llm(embeds, attention_mask)
-        return VLMOutput(logits=logits, loss=None if labels is None else next_token_loss(logits, labels))
+        return llm_logits(
+            self.llm, embeds, input_ids, attention_mask, labels, decoder_input_ids, decoder_attention_mask
+        )
 
     @torch.no_grad()
     def generate(
@@ -158,8 +198,9 @@ class VisionLanguageModel(nn.Module):
 
         A keyword left out (or None) comes from `self.generation_config` (a checkpoint's
         generation_config.json, set by lab.convert), then, for eos and pad, from the LLM's config.
-        Padded prompts must be left-padded; rows that finish are filled with pad (default: eos)."""
+        Padded prompts must be left-padded; rows that finish are filled with pad (default: eos).
+        With a T5 LLM the result is the decoder's tokens, from its start token, as in transformers."""
         args = resolve_generation_args(kwargs, self.generation_config, self.cfg.llm)
         visual = self.visual_embeddings(pixel_values, instruction_ids, instruction_mask)
         embeds = self.input_embeddings(input_ids, visual)
-        return generate(self.llm, input_ids, embeds, attention_mask, generator=generator, **args)
+        return generate_text(self.llm, input_ids, embeds, attention_mask, generator=generator, **args)

@@ -17,6 +17,7 @@ from lab.data.tasks import FAMILIES, HELD_IN
 from lab.models import ConnectorConfig, LLMConfig, QFormerConfig, VisionConfig, VLMConfig
 from lab.models.blip2_stage1 import Stage1Config
 from lab.models.clip import ClipConfig
+from lab.models.vlm import LLM_CONFIGS
 
 STAGE_NAMES = ("vision", "lm", "stage1", "stage2", "instruct")
 
@@ -163,6 +164,10 @@ def set_override(data: dict, key: str, value: Any) -> None:
             if value != section:
                 node.pop(section, None)
     # kind="qformer" without a section: ConnectorConfig fills QFormerConfig(), as it does for YAML
+    if leaf == "family" and parents[-1:] == ["llm"]:  # keep only the keys the new family's config has
+        fields = LLM_CONFIGS.get(value, LLMConfig).__dataclass_fields__
+        for k in [k for k in node if k not in fields]:
+            node.pop(k)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

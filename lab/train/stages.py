@@ -48,6 +48,11 @@ class Stage(nn.Module):
         super().__init__()
         self.cfg, self.tok = cfg, tokenizer
         model_cfg = self.model_config(cfg)
+        if model_cfg.llm.family == "t5":
+            raise ConfigError(
+                "model.llm.family=t5: lab's training stages build decoder-only batches (prompt and answer in "
+                "one sequence); T5 models convert and generate, but do not train here yet"
+            )
         if model_cfg.llm.vocab_size < len(tokenizer):
             raise ConfigError(f"model.llm.vocab_size={model_cfg.llm.vocab_size} < tokenizer size {len(tokenizer)}")
         q = model_cfg.connector.qformer
