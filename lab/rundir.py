@@ -7,6 +7,7 @@
       run.json            stage, components holding trained weights, throughput
       metrics.jsonl       one line per optimizer step
       heads/model.safetensors   the stage's own heads (contrastive, stage 1), outside the VLM
+      retrieval/          stage 1 only: the run as transformers' Blip2ForImageTextRetrieval
       adapters/llm/, adapters/vision/   LoRA adapters as peft adapter folders (`lab.models.lora`)
       checkpoints/step-NNNNNN/, checkpoints/latest   (`lab.train.checkpoint`)
       .lock               held by the one process writing the run
@@ -44,6 +45,10 @@ class RunDir:
     @property
     def metrics_file(self) -> Path:
         return self.root / "metrics.jsonl"
+
+    @property
+    def retrieval(self) -> Path:
+        return self.root / "retrieval"
 
     @property
     def heads_file(self) -> Path:

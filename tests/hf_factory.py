@@ -166,3 +166,26 @@ def t5(hidden=32, heads=4, d_kv=8, layers=2, decoder_layers=None, vocab=96, gate
         pad_token_id=0,
         eos_token_id=1,
     ).to_dict()
+
+
+def blip2_retrieval(image_token=None, embed=16, seed=0):
+    """transformers' BLIP-2 stage-1 model: vision, Q-Former with its text side, ITC/ITM heads."""
+    torch.manual_seed(seed)
+    vis = vision()
+    qformer = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        encoder_hidden_size=vis["hidden_size"],
+        vocab_size=64,
+        use_qformer_text_input=True,
+    )
+    cfg = tf.Blip2Config(
+        vision_config=vis,
+        qformer_config=qformer,
+        num_query_tokens=4,
+        image_text_hidden_size=embed,
+        image_token_index=image_token,
+    )
+    return _randomize(tf.Blip2ForImageTextRetrieval(cfg))

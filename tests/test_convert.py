@@ -66,6 +66,18 @@ def test_logits_match(pair):
     assert rel < 1e-4, rel
 
 
+def test_image_features_match(pair):
+    hf, model = pair
+    if hf.config.model_type == "llava":
+        pytest.skip("LLaVA's get_image_features returns per-image lists in transformers")
+    px = F.pixels(hf.config)
+    hf_kw, lab_kw = instruction(hf)
+    with torch.no_grad():
+        ref = hf.get_image_features(px, **hf_kw).pooler_output
+        out = model.get_image_features(px, **lab_kw)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
 def test_loss_matches(pair):
     hf, model = pair
     px = F.pixels(hf.config)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers as tf
 
 import lab
 from lab.config import ConfigError
@@ -62,6 +63,21 @@ def test_every_stage_trains_only_its_components(stage0, tmp_path):
             if k.startswith("llm."):
                 assert torch.equal(v, lm.state_dict()[k]), k
     assert (tmp_path / "stage1" / "heads" / "model.safetensors").exists()
+    # stage 1's Q-Former and ITC/ITM heads, as transformers' Blip2ForImageTextRetrieval
+    run = lab.load_pretrained(tmp_path / "stage1")
+    ours = lab.load_pretrained(tmp_path / "stage1" / "retrieval")
+    theirs = tf.Blip2ForImageTextRetrieval.from_pretrained(tmp_path / "stage1" / "retrieval").eval()
+    size, vocab = run.cfg.vision.image_size, run.cfg.connector.qformer.vocab_size
+    px, ids = torch.randn(2, 3, size, size), torch.randint(1, vocab, (2, 6))
+    with torch.no_grad():
+        q = run.connector.qformer  # stage 1's query pass: the queries alone over the image
+        plain = q.encode(q.query_tokens.expand(2, -1, -1), run.vision(px), q.cfg.num_query_tokens)
+        torch.testing.assert_close(ours.get_qformer_features(px), plain)
+        for itm in (False, True):
+            mask = torch.ones_like(ids)
+            kw = dict(use_image_text_matching_head=itm)
+            want = theirs(pixel_values=px, input_ids=ids, attention_mask=mask, **kw).logits_per_image
+            torch.testing.assert_close(ours(px, ids, mask, **kw).logits_per_image, want)
 
 
 @pytest.mark.parametrize(

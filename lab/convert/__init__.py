@@ -13,6 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lab.config import ConfigError
+from lab.convert import retrieval
 from lab.convert.configs import (
     FAMILIES,
     UnsupportedModelError,
@@ -25,6 +26,7 @@ from lab.convert.configs import (
 )
 from lab.convert.weights import CheckpointError, hf_to_lab, lab_to_hf, to_disk_names
 from lab.models import CausalLM, QFormer, QFormerConfig, Seq2SeqLM, VisionLanguageModel, VLMConfig, lora
+from lab.models.blip2_retrieval import Blip2Retrieval
 from lab.rundir import RunDir
 
 log = logging.getLogger("lab")
@@ -50,18 +52,22 @@ def _expected(model: VisionLanguageModel) -> dict[str, torch.Size]:
 CAUSAL_LMS = ("LlamaForCausalLM", "OPTForCausalLM", "T5ForConditionalGeneration")
 
 
-def from_transformers(hf_model: Any, **overrides: Any) -> VisionLanguageModel | CausalLM:
-    """A lab model with the weights of a transformers Blip2/InstructBlip/Llava ForConditionalGeneration,
-    or, for a bare `LlamaForCausalLM` / `OPTForCausalLM`, lab's language model (`CausalLM`; for
-    `T5ForConditionalGeneration`, `Seq2SeqLM`)."""
+def from_transformers(hf_model: Any, **overrides: Any) -> VisionLanguageModel | CausalLM | Blip2Retrieval:
+    """A lab model with the weights of a transformers Blip2/InstructBlip/Llava ForConditionalGeneration;
+    for a bare `LlamaForCausalLM` / `OPTForCausalLM`, lab's language model (`CausalLM`; for
+    `T5ForConditionalGeneration`, `Seq2SeqLM`); for `Blip2ForImageTextRetrieval`, `Blip2Retrieval`."""
     name = type(hf_model).__name__
+    if name == retrieval.ARCHITECTURE:
+        if overrides:
+            raise TypeError(f"from_transformers({name}) takes no overrides, got {sorted(overrides)}")
+        return retrieval.from_hf_model(hf_model)
     if name in CAUSAL_LMS:
         model = _causal_lm(hf_model)
     elif name in FAMILIES.values():
         cfg = lab_config_from_hf(hf_model.config)
         model = _build(cfg, hf_model.state_dict(), family_of_hf(hf_model.config), overrides)
     else:
-        known = sorted([*FAMILIES.values(), *CAUSAL_LMS])
+        known = sorted([*FAMILIES.values(), *CAUSAL_LMS, retrieval.ARCHITECTURE])
         raise UnsupportedModelError(f"unsupported architecture {name}; lab converts {known}")
     gc = getattr(hf_model, "generation_config", None)
     model.generation_config = _generation_defaults(gc.to_dict() if gc is not None else {})
@@ -176,10 +182,12 @@ def _merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def to_transformers(model: VisionLanguageModel) -> Any:
+def to_transformers(model: VisionLanguageModel | Blip2Retrieval) -> Any:
     """The equivalent transformers model, with lab's weights."""
     import transformers as tf
 
+    if isinstance(model, Blip2Retrieval):
+        return retrieval.to_hf_model(model)
     family = family_of_lab(model.cfg)
     config = hf_config_from_lab(model.cfg)
     cls = getattr(tf, FAMILIES[family])
@@ -240,6 +248,9 @@ def load_pretrained(
             hf_cfg = tf.AutoConfig.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             raise CheckpointError(f"{path / 'config.json'} is not a readable transformers config ({e})") from None
+        if retrieval.ARCHITECTURE in (getattr(hf_cfg, "architectures", None) or []):
+            model = retrieval.load(tensors, hf_cfg)
+            return model.to(dtype) if dtype is not None else model
         family = family_of_hf(hf_cfg)
         cfg = lab_config_from_hf(hf_cfg)
         if lab_cfg_file.exists():  # lab-only settings (attn_impl, freeze switches) saved beside
@@ -316,7 +327,11 @@ def _load_adapters(module: torch.nn.Module, folder: Path, part: str) -> lora.LoR
 
 def save_pretrained(model: VisionLanguageModel, path: str | Path) -> None:
     """safetensors + config. Designs transformers can run are saved in its layout (config.json,
-    its tensor names), so `from_pretrained` reads them; others in lab's own names."""
+    its tensor names), so `from_pretrained` reads them; others in lab's own names. A `Blip2Retrieval`
+    is saved as transformers' `Blip2ForImageTextRetrieval`."""
+    if isinstance(model, Blip2Retrieval):
+        retrieval.save(model, path)
+        return
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     sd, _ = lora.split_state(model)  # base weights under their plain names; adapters go beside

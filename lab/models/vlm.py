@@ -145,6 +145,11 @@ class VisionLanguageModel(nn.Module):
         features = self.vision(pixel_values)
         return self.connector(features, instruction_ids, instruction_mask)
 
+    def get_image_features(self, pixel_values, instruction_ids=None, instruction_mask=None) -> torch.Tensor:
+        """What the LLM receives for each image, `b nv d_llm` (transformers' `get_image_features(...)
+        .pooler_output` for BLIP-2 and InstructBLIP)."""
+        return self.visual_embeddings(pixel_values, instruction_ids, instruction_mask)
+
     def input_embeddings(self, input_ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         """Token embeddings with `visual` written over the image placeholders, row by row."""
         if input_ids.ndim != 2 or input_ids.shape[0] != visual.shape[0]:

@@ -26,6 +26,8 @@ from safetensors.torch import save_file
 
 import lab
 from lab.config import ConfigError
+from lab.convert.configs import UnsupportedModelError
+from lab.convert.retrieval import from_stage1
 from lab.data import scene_tokenizer
 from lab.data.datasets import llava_texts, read_llava_records
 from lab.data.tokenizer import HFTokenizer, WordTokenizer, load_tokenizer
@@ -380,6 +382,11 @@ def export(stage: Stage, out: Path, summary: dict) -> None:
     if stage.aux is not None:
         run.heads_file.parent.mkdir(exist_ok=True)
         save_file(state_tensors(stage.aux), run.heads_file)
+    if stage.name == "stage1":  # the run as transformers' Blip2ForImageTextRetrieval, where its ViT has that layout
+        try:
+            lab.save_pretrained(from_stage1(stage.vlm, stage.aux), run.retrieval)
+        except UnsupportedModelError as e:
+            log.info("stage 1: no %s written (%s)", run.retrieval, e)
     run.summary_file.write_text(json.dumps(summary, indent=2))
 
 
