@@ -168,7 +168,7 @@ def t5(hidden=32, heads=4, d_kv=8, layers=2, decoder_layers=None, vocab=96, gate
     ).to_dict()
 
 
-def blip2_retrieval(image_token=None, embed=16, seed=0):
+def blip2_retrieval(image_token=None, embed=12, seed=0):
     """transformers' BLIP-2 stage-1 model: vision, Q-Former with its text side, ITC/ITM heads."""
     torch.manual_seed(seed)
     vis = vision()

@@ -17,7 +17,7 @@ from tests import hf_factory as F
 CASES = {
     "blip2-flan": lambda: F.blip2(text=F.t5()),
     "blip2-t5v1-tied-relu": lambda: F.blip2(text=F.t5(gated=False, tie=True)),
-    "instructblip-flan": lambda: F.blip2(instruct=True, text=F.t5(hidden=48, heads=6, d_kv=12)),
+    "instructblip-flan-odd": lambda: F.blip2(instruct=True, text=F.t5(hidden=44, heads=6, d_kv=7), queries=5),
     "blip2-flan-deeper-decoder": lambda: F.blip2(text=F.t5(layers=1, decoder_layers=3)),
 }
 
