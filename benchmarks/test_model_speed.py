@@ -25,6 +25,11 @@ BATCH, NEW_TOKENS = 8, 32
 
 @pytest.fixture(scope="module")
 def models():
+    return build()
+
+
+def build():
+    """The converted pair, a batch and instructions (also `profile_step.py`'s)."""
     torch.manual_seed(0)
     torch.set_num_threads(2)
     hf = F.blip2(

@@ -63,7 +63,7 @@ NOTEBOOKS = {
         ),
         new_code_cell(
             FAST + "import tempfile, pathlib, torch\nfrom lab.train import build_config, train\n"
-            "work = pathlib.Path(tempfile.mkdtemp())\nsteps = 10 if FAST else 400\n"
+            "work = pathlib.Path(tempfile.mkdtemp())\nsteps = 10 if FAST else 200  # ViT, Q-Former and LLM all train from scratch\n"
             "models = {}\n"
             "for aware in (True, False):\n"
             "    cfg = build_config('instruct', quick=True, overrides={'max_steps': steps, "

@@ -470,3 +470,12 @@ def test_one_qformer_default_whatever_the_route(tmp_path):
     assert cli.model.connector.qformer == from_yaml.model.connector.qformer == alone == QFormerConfig()
     preset = build_config("instruct").model.connector.qformer
     assert preset == QFormerConfig(instruction_aware=True)  # the preset differs by that one choice only
+
+
+def test_compile_flag_compiles_vision_connector_and_llm(monkeypatch, tmp_path):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    train(cfg("instruct", 2, compile=True, save_every=1), tmp_path / "c", progress=False)
+    assert len(compiled) == 3 and isinstance(compiled[2], lab.models.LanguageModel)
+    # whether a run compiles may change on resume, like how often it saves
+    train(cfg("instruct", 2, compile=False), tmp_path / "c", resume=True, progress=False)

@@ -224,8 +224,9 @@ def positions_from_mask(mask: torch.Tensor | None, past: int, t: int, b: int, de
 
 
 def causal_padding_bias(mask, past: int, t: int, dtype, device) -> torch.Tensor | None:
-    """Additive `b 1 t (past+t)` bias; None when plain causal attention suffices."""
-    if mask is None or bool(mask.all()):
+    """Additive `b 1 t (past+t)` bias; None when plain causal attention suffices. Under torch.compile
+    the bias is always built: testing the mask would read a tensor on the host and break the graph."""
+    if mask is None or (not torch.compiler.is_compiling() and bool(mask.all())):
         if t == 1 or past == 0:
             return None  # decode step sees everything; prefill uses is_causal
         keep = torch.ones(1, past + t, dtype=torch.bool, device=device)

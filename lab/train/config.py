@@ -83,6 +83,10 @@ class TrainConfig(Config):
     # stage lm: loss on the "answer" tokens only, or on "all" text tokens. Measured (4-layer LM,
     # 1,500 steps, question first): answer 0.83 mean held-in text accuracy, all 0.75.
     lm_loss: str = "answer"
+    # torch.compile the vision encoder, the connector and the LLM (Module.compile: same weights, same
+    # names). Off by default: the first step compiles for a minute or more on 2 CPU cores, for a
+    # step 0.87x as long after (benchmarks/results/profile_step_cpu.txt); short runs lose.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name, cls in (

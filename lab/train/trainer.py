@@ -203,6 +203,10 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
     if not any(p.requires_grad for p in stage.parameters()):
         raise RunError(f"stage {cfg.stage} has nothing to train with these freeze settings")
     stage.to(device)
+    if cfg.compile:
+        for part in ("vision", "connector", "llm"):
+            getattr(stage.vlm, part).compile()
+        log.info("torch.compile: vision, connector and llm (compiled on the first step)")
     par = Parallel(cfg.strategy, world)
     par.shard(stage)  # FSDP: before the optimizer, which must hold the sharded parameters
     params = [p for p in stage.parameters() if p.requires_grad]
@@ -402,9 +406,10 @@ def _saved_config(run: RunDir) -> dict:
 
 
 def _resumable(cfg: TrainConfig) -> dict:
-    """The config a resumed run must match (how often it saves may change)."""
+    """The config a resumed run must match (how often it saves, and whether it compiles, may change)."""
     d = cfg.to_dict()
     d.pop("save_every")
+    d.pop("compile")
     return d
 
 
