@@ -135,6 +135,16 @@ def prompt(model_cfg, batch=2, text_len=6, pad_rows=(), left=False, vocab=96, se
     return ids, mask
 
 
+def instruction(hf, batch=2):
+    """InstructBLIP's Q-Former instruction, as (transformers' keywords, lab's keywords); empty for others."""
+    if hf.config.model_type != "instructblip":
+        return {}, {}
+    ids = torch.randint(3, 60, (batch, 5), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0
+    return dict(qformer_input_ids=ids, qformer_attention_mask=mask), dict(instruction_ids=ids, instruction_mask=mask)
+
+
 def image_tokens(cfg) -> int:
     if cfg.model_type == "llava":
         v = cfg.vision_config

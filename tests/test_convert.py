@@ -38,15 +38,6 @@ CASES = {
 }
 
 
-def instruction(hf, batch=2):
-    if hf.config.model_type != "instructblip":
-        return {}, {}
-    ids = torch.randint(3, 60, (batch, 5), generator=torch.Generator().manual_seed(3))
-    mask = torch.ones_like(ids)
-    mask[1, -2:] = 0
-    return dict(qformer_input_ids=ids, qformer_attention_mask=mask), dict(instruction_ids=ids, instruction_mask=mask)
-
-
 @pytest.fixture(scope="module", params=sorted(CASES))
 def pair(request):
     hf = CASES[request.param]()
@@ -57,7 +48,7 @@ def test_logits_match(pair):
     hf, model = pair
     px = F.pixels(hf.config)
     ids, mask = F.prompt(hf.config, pad_rows=(1,))
-    hf_kw, lab_kw = instruction(hf)
+    hf_kw, lab_kw = F.instruction(hf)
     with torch.no_grad():
         ref = hf(pixel_values=px, input_ids=ids, attention_mask=mask, **hf_kw).logits
         out = model(px, ids, mask, **lab_kw).logits
@@ -71,7 +62,7 @@ def test_image_features_match(pair):
     if hf.config.model_type == "llava":
         pytest.skip("LLaVA's get_image_features returns per-image lists in transformers")
     px = F.pixels(hf.config)
-    hf_kw, lab_kw = instruction(hf)
+    hf_kw, lab_kw = F.instruction(hf)
     with torch.no_grad():
         ref = hf.get_image_features(px, **hf_kw).pooler_output
         out = model.get_image_features(px, **lab_kw)
@@ -83,7 +74,7 @@ def test_loss_matches(pair):
     px = F.pixels(hf.config)
     ids, mask = F.prompt(hf.config)
     labels = ids.masked_fill(ids == F.IMAGE_TOKEN, -100)
-    hf_kw, lab_kw = instruction(hf)
+    hf_kw, lab_kw = F.instruction(hf)
     with torch.no_grad():
         ref = hf(pixel_values=px, input_ids=ids, attention_mask=mask, labels=labels, **hf_kw).loss
         out = model(px, ids, mask, labels=labels, **lab_kw).loss
@@ -94,7 +85,7 @@ def test_greedy_generation_identical(pair):
     hf, model = pair
     px = F.pixels(hf.config)
     ids, mask = F.prompt(hf.config, pad_rows=(1,), left=True)
-    hf_kw, lab_kw = instruction(hf)
+    hf_kw, lab_kw = F.instruction(hf)
     for eos in (None, 7):
         kw = dict(max_new_tokens=10, eos_token_id=eos, pad_token_id=0)
         ref = hf.generate(
@@ -114,7 +105,7 @@ def test_generation_keywords_match_transformers(pair):
     hf, model = pair
     px = F.pixels(hf.config)
     ids, mask = F.prompt(hf.config, pad_rows=(1,), left=True)
-    hf_kw, lab_kw = instruction(hf)
+    hf_kw, lab_kw = F.instruction(hf)
     with torch.no_grad():
         first = hf.generate(pixel_values=px, input_ids=ids, attention_mask=mask, max_new_tokens=3, **hf_kw)
     eos = sorted({int(t) for t in first[:, -3:].flatten()})[:2]  # ids greedy decoding does emit
@@ -140,7 +131,7 @@ def test_generation_defaults_come_from_the_checkpoint(pair, tmp_path):
         model = lab.load_pretrained(tmp_path)
         px = F.pixels(hf.config)
         ids, mask = F.prompt(hf.config, left=True)
-        hf_kw, lab_kw = instruction(hf)
+        hf_kw, lab_kw = F.instruction(hf)
         with torch.no_grad():
             ref = hf.generate(pixel_values=px, input_ids=ids, attention_mask=mask, **hf_kw)
         assert torch.equal(ref, model.generate(px, ids, mask, **lab_kw))
@@ -193,7 +184,7 @@ def test_lab_folder_loads_in_both(pair, tmp_path):
     theirs = type(hf).from_pretrained(tmp_path / "lab").eval()
     px = F.pixels(hf.config)
     ids, mask = F.prompt(hf.config)
-    hf_kw, lab_kw = instruction(hf)
+    hf_kw, lab_kw = F.instruction(hf)
     with torch.no_grad():
         ref = model(px, ids, mask, **lab_kw).logits
         assert torch.equal(again(px, ids, mask, **lab_kw).logits, ref)

@@ -22,15 +22,6 @@ CASES = {
 }
 
 
-def instruction(hf):
-    if hf.config.model_type != "instructblip":
-        return {}, {}
-    ids = torch.randint(3, 60, (2, 5), generator=torch.Generator().manual_seed(3))
-    mask = torch.ones_like(ids)
-    mask[1, -2:] = 0
-    return dict(qformer_input_ids=ids, qformer_attention_mask=mask), dict(instruction_ids=ids, instruction_mask=mask)
-
-
 @pytest.fixture(scope="module", params=sorted(CASES))
 def pair(request):
     hf = CASES[request.param]()
@@ -48,7 +39,7 @@ def batch(hf):
 def test_logits_and_loss_match(pair):
     _, hf, model = pair
     px, ids, mask, labels = batch(hf)
-    hf_kw, lab_kw = instruction(hf)
+    hf_kw, lab_kw = F.instruction(hf)
     with torch.no_grad():
         ref = hf(pixel_values=px, input_ids=ids, attention_mask=mask, labels=labels, **hf_kw)
         out = model(px, ids, mask, labels=labels, **lab_kw)
@@ -71,7 +62,7 @@ def test_logits_and_loss_match(pair):
 def test_greedy_and_beam_tokens_identical(pair):
     name, hf, model = pair
     px, ids, mask, _ = batch(hf)
-    hf_kw, lab_kw = instruction(hf)
+    hf_kw, lab_kw = F.instruction(hf)
     if "deeper-decoder" in name:
         # transformers' generate sizes T5's cache by the encoder's layer count and fails here; the
         # reference is greedy decoding through its full forward instead.
@@ -100,7 +91,7 @@ def test_round_trip_and_folders(pair, tmp_path):
     hf.save_pretrained(tmp_path / "hf")
     ours = lab.load_pretrained(tmp_path / "hf")
     px, ids, mask, labels = batch(hf)
-    hf_kw, lab_kw = instruction(hf)
+    hf_kw, lab_kw = F.instruction(hf)
     with torch.no_grad():
         ref = model(px, ids, mask, labels=labels, **lab_kw).logits
         torch.testing.assert_close(ours(px, ids, mask, labels=labels, **lab_kw).logits, ref, atol=1e-6, rtol=1e-6)

@@ -82,7 +82,7 @@ def from_hf_tensors(hf: dict[str, torch.Tensor], model: Blip2Retrieval) -> dict[
     missing = sorted(k for k in model.state_dict() if k.split(".")[0] in HEADS and k not in heads)
     if missing:
         raise CheckpointError(
-            f"retrieval checkpoint lacks its heads: {[f'{HEADS[k.split(chr(46))[0]]}' for k in missing]}"
+            f"retrieval checkpoint lacks its heads: {sorted({HEADS[k.split('.')[0]] for k in missing})}"
         )
     return {**tensors, **heads}
 
