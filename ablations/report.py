@@ -55,7 +55,8 @@ def table(result: dict, extra=()) -> str:
     for v in result["verdicts"]:
         paper = result["paper"].get(v["claim"], "")
         ours = f"{v['a']} − {v['b']} on {v['metric']}: {v['diff_mean']:+.3f} ± {v['diff_se']:.3f}"
-        lines.append(f"| {v['claim']} | {paper} | {ours} | **{v['verdict']}** |")
+        kind = f" ({v['kind']})" if v.get("kind") else ""
+        lines.append(f"| {v['claim']} | {paper} | {ours} | **{v['verdict']}**{kind} |")
     notes = [f"- {v['claim']}: {v['note']}" for v in result["verdicts"] if v["note"]]
     if notes:
         lines += ["", "Why a claim may not reproduce here:", *notes]
@@ -264,7 +265,9 @@ def report(
         "Accuracies are exact match on the test split (chosen on val); mean ± std over seeds. `held_in_eval_se` is "
         "the evaluation's own standard error (binomial over the questions). A verdict is *reproduced* when the "
         "paired (same seed, same data) difference has the paper's sign and exceeds 2 standard errors over seeds "
-        "(and 0.02), *contradicted* when it is that clear the other way; a control holds when it stays inside.",
+        "(and 0.02), *contradicted* when it is that clear the other way or when mean + 2 s.e. in the paper's direction "
+        "stays under 0.02 (*no effect*: the claimed gain is measured absent); a claim of no difference, and a control, "
+        "holds when mean ± 2 s.e. stays within ±0.03.",
         "",
         f"Regime: `{json.dumps(cfg.get('regime', {}))}`, per stage `{json.dumps(cfg.get('stage_regime', {}))}`, "
         f"stage 0 steps {cfg['budget']['stage0_steps']}, {cfg['budget']['steps']} steps per variant.",
@@ -282,7 +285,8 @@ def report(
     parts += ["| comparison | claim | verdict |", "|---|---|---|"]
     for n, res in results.items():
         for v in res["verdicts"]:
-            parts.append(f"| {n} | {v['claim']} | **{v['verdict']}** |")
+            kind = f" ({v['kind']})" if v.get("kind") else ""
+            parts.append(f"| {n} | {v['claim']} | **{v['verdict']}**{kind} |")
     parts.append("")
     parts += probe_section(results)
     for n in results:

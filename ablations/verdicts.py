@@ -15,6 +15,7 @@ def mean_std(xs: list[float]) -> dict:
 
 
 EQUIVALENCE = 0.03  # "no difference" means within 3 points of held-in accuracy, at 2 s.e.
+MIN_EFFECT = 0.02  # the smallest difference a directional claim ("a helps") counts as an effect
 
 
 def verdict_row(diffs: list[float], expected: int, label: str, metric: str, a: str, b: str, reason: str) -> dict:
@@ -22,19 +23,24 @@ def verdict_row(diffs: list[float], expected: int, label: str, metric: str, a: s
 
     expected=+1: the paper says a > b; -1: a < b; 0: no difference expected (a control, or a claim
     of "no need"). Reproduced when the mean difference has the expected sign and exceeds twice its
-    standard error (and 0.02); contradicted when it is that clear the other way. "No difference"
-    must be shown, not merely not refuted: it holds when the whole band mean ± 2 s.e. lies within
-    ±EQUIVALENCE; a noisy difference that is neither clear nor that tight is inconclusive."""
+    standard error (and MIN_EFFECT). Contradicted when it is that clear the other way, or when the
+    band mean ± 2 s.e. shows that any effect in the paper's direction is smaller than MIN_EFFECT
+    (a measured absence, `kind` "no effect"). "No difference" must be shown, not merely not refuted:
+    it holds when the whole band lies within ±EQUIVALENCE. What is neither is inconclusive."""
     d = mean_std(diffs)
     se = d["std"] / math.sqrt(max(1, d["n"]))
-    clear = abs(d["mean"]) > max(2 * se, 0.02)
+    clear = abs(d["mean"]) > max(2 * se, MIN_EFFECT)
+    kind = ""
     if expected == 0:
         tight = abs(d["mean"]) + 2 * se <= EQUIVALENCE
         verdict = "contradicted" if clear else "reproduced" if tight else "inconclusive"
-    elif not clear:
-        verdict = "inconclusive"
-    else:
+    elif clear:
         verdict = "reproduced" if (d["mean"] > 0) == (expected > 0) else "contradicted"
+        kind = "" if verdict == "reproduced" else "opposite sign"
+    elif expected * d["mean"] + 2 * se < MIN_EFFECT:
+        verdict, kind = "contradicted", "no effect"
+    else:
+        verdict = "inconclusive"
     return {
         "claim": label,
         "metric": metric,
@@ -44,6 +50,7 @@ def verdict_row(diffs: list[float], expected: int, label: str, metric: str, a: s
         "diff_se": se,
         "seeds": d["n"],
         "verdict": verdict,
+        "kind": kind,
         "note": "" if verdict == "reproduced" else reason,
     }
 

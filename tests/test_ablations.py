@@ -34,6 +34,12 @@ def test_paired_verdicts():
     # "no difference" must be shown: a noisy difference that is not clear is not a reproduction
     loose = _runs({"a": [0.9, 0.7, 0.85], "b": [0.72, 0.71, 0.7]})
     assert paired(loose, "a", "b", "held_in_acc", 0, "c", "")["verdict"] == "inconclusive"
+    # a claimed gain whose whole band lies under the smallest effect counted (0.02) is measured absent
+    absent = paired(same, "a", "b", "held_in_acc", +1, "c", "why")
+    assert (absent["verdict"], absent["kind"]) == ("contradicted", "no effect")
+    small_noisy = _runs({"a": [0.71, 0.75, 0.7], "b": [0.7, 0.7, 0.7]})  # +0.02 ± 0.015: could be a gain
+    assert paired(small_noisy, "a", "b", "held_in_acc", +1, "c", "")["verdict"] == "inconclusive"
+    assert paired(clear_up, "a", "b", "held_in_acc", -1, "c", "why")["kind"] == "opposite sign"
 
 
 def test_gap_closes_uses_the_difference_of_gaps():
