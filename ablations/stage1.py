@@ -59,7 +59,8 @@ def verdicts(runs):
             "held_in_acc",
             +1,
             "stage 1 helps a Q-Former into a frozen LLM",
-            "scene captions are short and regular; stage 2 alone may teach the queries enough",
+            "the connector probes (REPORT.md) read the query outputs alike with and without stage 1: stage 2 "
+            "alone teaches the queries what these questions need",
         ),
         paired(
             runs,
