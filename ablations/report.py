@@ -124,19 +124,26 @@ def targets(results: dict[str, dict], mode: str) -> tuple[list[str], bool]:
 
 
 def frozen_llm_held_out(results: dict[str, dict], metric: str = "held_out_ranked_acc") -> tuple[str, float]:
-    """The main variant with the best held-out accuracy among those whose every step keeps the LLM
-    frozen (explicitly, or by "auto" on a pretrained LLM). Held-out is scored as InstructBLIP scores
+    """The main variant with the best held-out accuracy among those whose LLM stays frozen
+    (`_frozen_llm`). Held-out is scored as InstructBLIP scores
     its closed-set held-out tasks, by ranking the answers (`metric`); runs without it fall back to
     generated exact match."""
     best = ("", float("nan"))
     for res in results.values():
         for name, s in res["summary"].items():
-            steps = _recipe(res, name)
-            frozen = steps and all(o.get("model.freeze_llm", "auto") in (True, "auto") for o in steps)
             value = s.get(metric, s["held_out_acc"])["mean"]
-            if _group(res, name) == "main" and frozen and (not best[0] or value > best[1]):
+            if _group(res, name) == "main" and _frozen_llm(res, name) and (not best[0] or value > best[1]):
                 best = (f"{res['comparison']}/{name}", value)
     return best
+
+
+def _frozen_llm(res: dict, variant: str) -> bool:
+    """Every step keeps the LLM's function fixed: frozen (explicitly, or by "auto" on a pretrained
+    LLM) and without LoRA adapters, which change what the LLM computes as tuning does."""
+    steps = _recipe(res, variant)
+    return bool(steps) and all(
+        o.get("model.freeze_llm", "auto") in (True, "auto") and not o.get("model.llm_lora.r") for o in steps
+    )
 
 
 def _recipe(res: dict, variant: str) -> list[dict]:
@@ -156,7 +163,8 @@ PROBE_INTRO = (
     "majority-class rate in brackets). Scene sites: attribute of the object in each grid cell "
     '("none" when empty), count, the cell of each shape. `llm`: the final hidden state at the answer '
     "position, per question family. `lm text` is the stage-0 LM answering from the *true caption as "
-    "text*: the ceiling of every frozen-LLM variant."
+    "text*: what a frozen LLM reaches when a connector hands it the caption (a connector may do better: "
+    "its tokens need not look like text)."
 )
 
 
@@ -197,7 +205,40 @@ def probe_section(results: dict[str, dict]) -> list[str]:
         for r in res["runs"]
         if r.get("probe")
     }
-    return ["## Where the information goes: linear probes", "", PROBE_INTRO, "", *probe_lines(stage0, variants)]
+    lines = ["## Where the information goes: linear probes", "", PROBE_INTRO, "", *probe_lines(stage0, variants)]
+    return lines + seed_lines(results, stage0.get("lm_text_by_seed") or {})
+
+
+SEED_INTRO = (
+    "Seed to seed: each seed pretrains its own stage-0 LM. `lm text` is that LM answering from the true "
+    "caption as text (val); `frozen LLM` is the mean, over the main variants whose LLM stays frozen, of "
+    "their accuracy on the same family (test); `held-in` is each comparison's mean over its main variants."
+)
+
+
+def seed_lines(results: dict[str, dict], lm_by_seed: dict) -> list[str]:
+    """Per seed: the stage-0 LM's text accuracy beside what the variants trained on it reached."""
+    if not lm_by_seed:
+        return []
+    per_seed: dict[str, dict[str, list[float]]] = {}
+    for name, res in results.items():
+        frozen = {n for n, s in res["summary"].items() if _group(res, n) == "main" and _frozen_llm(res, n)}
+        for r in res["runs"]:
+            if _group(res, r["variant"]) != "main":
+                continue
+            row = per_seed.setdefault(str(r["seed"]), {})
+            row.setdefault(name, []).append(r["metrics"]["held_in_acc"])
+            for f in QA_FAMILIES if r["variant"] in frozen else ():
+                row.setdefault(f, []).append(r["metrics"].get(f"acc_{f}", float("nan")))
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    head = [f"{f}: lm text / frozen LLM" for f in QA_FAMILIES] + [f"{n} held-in" for n in results]
+    lines = ["", SEED_INTRO, "", "| seed | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for seed, lm in sorted(lm_by_seed.items(), key=lambda kv: int(kv[0])):
+        row = per_seed.get(str(seed), {})
+        cells = [f"{lm.get(f, float('nan')):.2f} / {mean(row.get(f, [])):.2f}" for f in QA_FAMILIES]
+        cells += [f"{mean(row.get(n, [])):.3f}" for n in results]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def partial(work: Path, title: str) -> list[str]:

@@ -248,9 +248,22 @@ class Runner:
             shutil.rmtree(RunDir(out).checkpoints, ignore_errors=True)
         return res
 
+    def stage0_text(self, seed: int) -> dict:
+        """The seed's stage-0 LM answering from the true caption as text (cheap; every seed): the
+        frozen-LLM variants of a seed track it family by family."""
+        from ablations.probe import text_accuracy
+
+        f = self.work / "stage0" / f"seed{seed}" / "lm_text.json"
+        key = self.fingerprint("stage0-text", seed)
+        if f.exists() and json.loads(f.read_text()).get("fingerprint") == key:
+            return json.loads(f.read_text())["acc"]
+        acc = text_accuracy(f.parent / "lm", per_family=min(self.budget.per_family, 500))
+        f.write_text(json.dumps({"acc": acc, "fingerprint": key}))
+        return acc
+
     def stage0_probes(self, seed: int = 0) -> dict:
         """Probes of stage 0 (ViT features; the LM's answers from the true caption as text)."""
-        from ablations.probe import cell_probe, probe_run, text_accuracy
+        from ablations.probe import cell_probe, probe_run
 
         root = self.work / "stage0" / f"seed{seed}"
         f = root / "probe.json"
@@ -260,7 +273,7 @@ class Runner:
         n = self.budget.probe_fit
         res = {
             "vision": probe_run(root / "vision", n_fit=n, n_val=n // 3, n_test=n // 2, sites=("pixels", "vit")),
-            "lm_text": text_accuracy(root / "lm", per_family=min(self.budget.per_family, 500)),
+            "lm_text": self.stage0_text(seed),
             "cells": cell_probe(root / "vision", n_fit=2 * n, n_test=n // 2),
             "fingerprint": key,
         }
@@ -275,6 +288,7 @@ class Runner:
         clock = SuiteClock(self.out / "suite.json", self.fingerprint("suite"), len(jobs), self.args)
         with _pool(self.args.workers) as pool:
             clock.reused |= any(list(pool.map(_call, [(self, "stage0", (s,)) for s in seeds])))  # every seed first
+            lm_text = dict(zip(seeds, pool.map(_call, [(self, "stage0_text", (s,)) for s in seeds]), strict=True))
             probes = pool.submit(_call, (self, "stage0_probes", (0,)))
             runs = []
             for r in pool.map(_call, [(self, "run_variant", j) for j in jobs]):
@@ -284,7 +298,7 @@ class Runner:
         results = {}
         for c in comparisons:
             mine = [r for (name, _, _), r in zip(jobs, runs, strict=True) if name == c.name]
-            results[c.name] = self.finish(c, mine, stage0)
+            results[c.name] = self.finish(c, mine, {**stage0, "lm_text_by_seed": lm_text})
         self.wall_s = clock.tick(None)["wall_s"]
         return results
 

@@ -1,5 +1,5 @@
 """Ablation machinery without training: verdict rules, evaluation error, the ridge probe, and the
-runner's resumability (a finished job is reused only when its settings match)."""
+runner's resumability (a finished job is reused only when its settings match), the report's helpers."""
 
 import argparse
 import json
@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ablations.evaluate import eval_se
 from ablations.instruction_aware import gap_closes
 from ablations.probe import RidgeProbe
+from ablations.report import frozen_llm_held_out, seed_lines, summarize
 from ablations.runner import Runner, Step, Variant
 from ablations.verdicts import paired
 
@@ -137,3 +138,33 @@ def test_workers_die_with_the_suite(tmp_path):
     for pid in alive:  # clean up before failing
         os.kill(pid, signal.SIGKILL)
     assert not alive, f"workers {alive} outlived the suite"
+
+
+def _result(name: str, recipes: dict[str, list[dict]], held_in: dict[str, list[float]], held_out: dict) -> dict:
+    runs = [
+        {
+            "variant": v,
+            "seed": s,
+            "group": "main",
+            "metrics": {"held_in_acc": x, "held_out_ranked_acc": held_out[v], "acc_color": x, "held_out_acc": 0.0},
+        }
+        for v, xs in held_in.items()
+        for s, x in enumerate(xs)
+    ]
+    return {"comparison": name, "runs": runs, "recipes": recipes, "summary": summarize(runs)}
+
+
+def test_lora_is_not_a_frozen_llm_and_seeds_line_up_with_their_lm():
+    frozen, lora = [{"model.freeze_llm": True}], [{"model.freeze_llm": "auto", "model.llm_lora.r": 8}]
+    res = _result(
+        "c",
+        {"frozen": frozen, "lora": lora, "tuned": [{"model.freeze_llm": False}]},
+        {"frozen": [0.6, 0.9], "lora": [0.7, 0.95], "tuned": [0.8, 0.97]},
+        {"frozen": 0.55, "lora": 0.6, "tuned": 0.65},
+    )
+    assert frozen_llm_held_out({"c": res}) == ("c/frozen", 0.55)  # LoRA changes the LLM: not frozen
+    lm = {"0": {"color": 0.7}, "1": {"color": 1.0}}
+    rows = [line for line in seed_lines({"c": res}, lm) if line.startswith("| 0 ") or line.startswith("| 1 ")]
+    # seed 0: the LM's colour from text beside the frozen variant's colour; then the comparison's mean
+    assert rows[0].startswith("| 0 | 0.70 / 0.60 |") and rows[0].endswith(f"| {(0.6 + 0.7 + 0.8) / 3:.3f} |")
+    assert rows[1].startswith("| 1 | 1.00 / 0.90 |")
