@@ -210,16 +210,19 @@ def probe_section(results: dict[str, dict]) -> list[str]:
 
 
 SEED_INTRO = (
-    "Seed to seed: each seed pretrains its own stage-0 LM. `lm text` is that LM answering from the true "
-    "caption as text (val); `frozen LLM` is the mean, over the main variants whose LLM stays frozen, of "
-    "their accuracy on the same family (test); `held-in` is each comparison's mean over its main variants."
+    "Seed to seed. `lm text` is the stage-0 LM the seed starts from, answering from the true caption as "
+    "text (val); `frozen LLM` is the mean, over the main variants whose LLM stays frozen, of their "
+    "accuracy on the same family (test); `held-in` is each comparison's mean over its main variants."
 )
 
 
 def seed_lines(results: dict[str, dict], lm_by_seed: dict) -> list[str]:
-    """Per seed: the stage-0 LM's text accuracy beside what the variants trained on it reached."""
+    """Per seed: the stage-0 LM's text accuracy beside what the variants trained on it reached.
+    With one shared stage 0 (`Budget.shared_stage0`) every seed reads the same LM."""
     if not lm_by_seed:
         return []
+    lm_by_seed = {str(k): v for k, v in lm_by_seed.items()}
+    shared = next(iter(lm_by_seed.values())) if len(lm_by_seed) == 1 else None
     per_seed: dict[str, dict[str, list[float]]] = {}
     for name, res in results.items():
         frozen = {n for n, s in res["summary"].items() if _group(res, n) == "main" and _frozen_llm(res, n)}
@@ -232,9 +235,10 @@ def seed_lines(results: dict[str, dict], lm_by_seed: dict) -> list[str]:
                 row.setdefault(f, []).append(r["metrics"].get(f"acc_{f}", float("nan")))
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     head = [f"{f}: lm text / frozen LLM" for f in QA_FAMILIES] + [f"{n} held-in" for n in results]
-    lines = ["", SEED_INTRO, "", "| seed | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
-    for seed, lm in sorted(lm_by_seed.items(), key=lambda kv: int(kv[0])):
-        row = per_seed.get(str(seed), {})
+    intro = SEED_INTRO + (" Every seed starts from the same stage 0." if shared else "")
+    lines = ["", intro, "", "| seed | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for seed in sorted(set(per_seed) | set(lm_by_seed), key=int):
+        lm, row = shared or lm_by_seed.get(seed, {}), per_seed.get(seed, {})
         cells = [f"{lm.get(f, float('nan')):.2f} / {mean(row.get(f, [])):.2f}" for f in QA_FAMILIES]
         cells += [f"{mean(row.get(n, [])):.3f}" for n in results]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
@@ -311,7 +315,9 @@ def report(
         "holds when mean ± 2 s.e. stays within ±0.03.",
         "",
         f"Regime: `{json.dumps(cfg.get('regime', {}))}`, per stage `{json.dumps(cfg.get('stage_regime', {}))}`, "
-        f"stage 0 steps {cfg['budget']['stage0_steps']}, {cfg['budget']['steps']} steps per variant.",
+        f"stage 0 steps {cfg['budget']['stage0_steps']}, "
+        + ("one stage 0 shared by every seed" if cfg["budget"].get("shared_stage0") else "a stage 0 per seed")
+        + f", {cfg['budget']['steps']} steps per variant.",
         "",
     ]
     rows, ok = targets(results, mode)

@@ -2,8 +2,9 @@
 
 A variant is a recipe: a list of training steps (stage, config overrides, which earlier outputs
 to start from). Every variant of a comparison gets the same data, the same optimizer-step budget
-and the same evaluation; stage-0 components (vision encoder, LM) are trained once per seed and
-shared by every comparison. Training goes through `lab.train.train`, evaluation through `lab.eval`.
+and the same evaluation; stage-0 components (vision encoder, LM) are trained once and shared by
+every seed and every comparison (`Budget.shared_stage0`). Training goes through `lab.train.train`,
+evaluation through `lab.eval`.
 
 Resumable: each finished (comparison, variant, seed) writes `result.json` into its run folder,
 and a rerun with the same settings reuses it, so a stopped suite continues where it stopped. The
@@ -92,6 +93,12 @@ class Budget:
     per_family: int
     seeds: int = 3
     probe_fit: int = 1000
+    # Stage 0 stands in for the papers' public checkpoints, which every run of a paper shares: one
+    # ViT and one LM, trained once (seed 0), under every seed. The seeds vary what the comparisons
+    # train (initialisation, data order, dropout). Per-seed stage 0 (`--stage0-per-seed`) also varies
+    # the pretrained parts; in the first full suite it did, and the seeds' LMs bound colour, position
+    # or `exists` so differently that they, not the arms, made most of the spread (HISTORY.md).
+    shared_stage0: bool = True
 
 
 QUICK = Budget({"vision": 1000, "lm": 2000}, steps=600, per_family=100, seeds=3, probe_fit=600)
@@ -118,6 +125,7 @@ def cli(description: str, argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", help="folder for the runs' checkpoints (default: OUT/_runs)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="jobs at once (1 thread each)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--stage0-per-seed", action="store_true", help="pretrain a ViT and an LM for every seed")
     p.add_argument("--smoke", action="store_true", help="a few steps of everything: checks the plumbing, not models")
     return p.parse_args(argv)
 
@@ -135,7 +143,8 @@ class Runner:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         base = SMOKE if getattr(args, "smoke", False) else QUICK if args.quick else FULL
-        self.budget = dataclasses.replace(base, seeds=args.seeds or base.seeds)
+        per_seed = getattr(args, "stage0_per_seed", False)
+        self.budget = dataclasses.replace(base, seeds=args.seeds or base.seeds, shared_stage0=not per_seed)
         default_out = ROOT / "ablations" / "results" / ("quick" if args.quick else "")
         self.out = Path(args.out) if args.out else default_out
         self.work = Path(args.work) if args.work else self.out / "_runs"
@@ -164,9 +173,13 @@ class Runner:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     # ----- jobs ---------------------------------------------------------------------------
+    def stage0_seed(self, seed: int) -> int:
+        """The stage 0 that a job of `seed` starts from."""
+        return 0 if self.budget.shared_stage0 else seed
+
     def stage0(self, seed: int) -> bool:
-        """Vision encoder and LM pretrained once per seed, shared by every comparison. True when
-        an earlier invocation had trained them already."""
+        """Vision encoder and LM pretrained for a stage-0 seed, shared by every comparison. True
+        when an earlier invocation had trained them already."""
         from lab.train import train
 
         root = self.work / "stage0" / f"seed{seed}"
@@ -204,7 +217,7 @@ class Runner:
         from lab.train import train
 
         t0 = time.perf_counter()
-        stage0 = self.work / "stage0" / f"seed{seed}"
+        stage0 = self.work / "stage0" / f"seed{self.stage0_seed(seed)}"
         outputs: dict[str, Path] = {}
         summary: dict = {}
         for step in v.recipe:
@@ -249,8 +262,8 @@ class Runner:
         return res
 
     def stage0_text(self, seed: int) -> dict:
-        """The seed's stage-0 LM answering from the true caption as text (cheap; every seed): the
-        frozen-LLM variants of a seed track it family by family."""
+        """A stage-0 LM answering from the true caption as text (cheap; every stage-0 seed): the
+        frozen-LLM variants trained on it track it family by family."""
         from ablations.probe import text_accuracy
 
         f = self.work / "stage0" / f"seed{seed}" / "lm_text.json"
@@ -282,13 +295,16 @@ class Runner:
 
     # ----- the suite ----------------------------------------------------------------------
     def run_all(self, comparisons: list[Comparison]) -> dict[str, dict]:
-        """Stage 0 for every seed, then every (comparison, variant, seed) job, `--workers` at a time."""
+        """Stage 0 (once, or for every seed), then every (comparison, variant, seed) job, `--workers`
+        at a time."""
         seeds = range(self.budget.seeds)
+        pretrained = sorted({self.stage0_seed(s) for s in seeds})
         jobs = [(c.name, v, s) for s in seeds for c in comparisons for v in c.variants]
         clock = SuiteClock(self.out / "suite.json", self.fingerprint("suite"), len(jobs), self.args)
         with _pool(self.args.workers) as pool:
-            clock.reused |= any(list(pool.map(_call, [(self, "stage0", (s,)) for s in seeds])))  # every seed first
-            lm_text = dict(zip(seeds, pool.map(_call, [(self, "stage0_text", (s,)) for s in seeds]), strict=True))
+            clock.reused |= any(list(pool.map(_call, [(self, "stage0", (s,)) for s in pretrained])))  # stage 0 first
+            texts = pool.map(_call, [(self, "stage0_text", (s,)) for s in pretrained])
+            lm_text = dict(zip(pretrained, texts, strict=True))
             probes = pool.submit(_call, (self, "stage0_probes", (0,)))
             runs = []
             for r in pool.map(_call, [(self, "run_variant", j) for j in jobs]):

@@ -13,7 +13,7 @@ from ablations.evaluate import eval_se
 from ablations.instruction_aware import gap_closes
 from ablations.probe import RidgeProbe
 from ablations.report import frozen_llm_held_out, seed_lines, summarize
-from ablations.runner import Runner, Step, Variant
+from ablations.runner import Runner, Step, Variant, cli
 from ablations.verdicts import paired
 
 
@@ -168,3 +168,13 @@ def test_lora_is_not_a_frozen_llm_and_seeds_line_up_with_their_lm():
     # seed 0: the LM's colour from text beside the frozen variant's colour; then the comparison's mean
     assert rows[0].startswith("| 0 | 0.70 / 0.60 |") and rows[0].endswith(f"| {(0.6 + 0.7 + 0.8) / 3:.3f} |")
     assert rows[1].startswith("| 1 | 1.00 / 0.90 |")
+    shared = [line for line in seed_lines({"c": res}, {0: {"color": 0.7}}) if line.startswith("| 1 ")]
+    assert shared[0].startswith("| 1 | 0.70 / 0.90 |")  # one stage 0 under every seed
+
+
+def test_stage0_is_shared_by_the_seeds_unless_asked(tmp_path):
+    shared = Runner(cli("x", ["--quick", "--seeds", "3", "--out", str(tmp_path)]))
+    own = Runner(cli("x", ["--quick", "--seeds", "3", "--out", str(tmp_path), "--stage0-per-seed"]))
+    assert [shared.stage0_seed(s) for s in range(3)] == [0, 0, 0]
+    assert [own.stage0_seed(s) for s in range(3)] == [0, 1, 2]
+    assert shared.fingerprint("comp", 1) != own.fingerprint("comp", 1)  # cached jobs are not mixed up
