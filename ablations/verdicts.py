@@ -26,12 +26,15 @@ def verdict_row(diffs: list[float], expected: int, label: str, metric: str, a: s
     standard error (and MIN_EFFECT). Contradicted when it is that clear the other way, or when the
     band mean ± 2 s.e. shows that any effect in the paper's direction is smaller than MIN_EFFECT
     (a measured absence, `kind` "no effect"). "No difference" must be shown, not merely not refuted:
-    it holds when the whole band lies within ±EQUIVALENCE. What is neither is inconclusive."""
+    it holds when the whole band lies within ±EQUIVALENCE. What is neither, or rests on one seed, is
+    inconclusive."""
     d = mean_std(diffs)
     se = d["std"] / math.sqrt(max(1, d["n"]))
     clear = abs(d["mean"]) > max(2 * se, MIN_EFFECT)
     kind = ""
-    if expected == 0:
+    if d["n"] < 2:  # one seed has no spread to judge a difference against
+        verdict = "inconclusive"
+    elif expected == 0:
         tight = abs(d["mean"]) + 2 * se <= EQUIVALENCE
         verdict = "contradicted" if clear else "reproduced" if tight else "inconclusive"
     elif clear:

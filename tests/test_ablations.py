@@ -41,6 +41,8 @@ def test_paired_verdicts():
     small_noisy = _runs({"a": [0.71, 0.75, 0.7], "b": [0.7, 0.7, 0.7]})  # +0.02 ± 0.015: could be a gain
     assert paired(small_noisy, "a", "b", "held_in_acc", +1, "c", "")["verdict"] == "inconclusive"
     assert paired(clear_up, "a", "b", "held_in_acc", -1, "c", "why")["kind"] == "opposite sign"
+    one_seed = _runs({"a": [0.9], "b": [0.5]})  # no spread over seeds: nothing to judge against
+    assert {paired(one_seed, "a", "b", "held_in_acc", e, "c", "")["verdict"] for e in (-1, 0, 1)} == {"inconclusive"}
 
 
 def test_gap_closes_uses_the_difference_of_gaps():
