@@ -177,28 +177,24 @@ class Runner:
         """The stage 0 that a job of `seed` starts from."""
         return 0 if self.budget.shared_stage0 else seed
 
-    def stage0(self, seed: int) -> bool:
-        """Vision encoder and LM pretrained for a stage-0 seed, shared by every comparison. True
-        when an earlier invocation had trained them already."""
+    def stage0(self, seed: int, stage: str) -> bool:
+        """One stage-0 part (the vision encoder or the LM) for a stage-0 seed, shared by every
+        comparison; the two are independent, so they train side by side. True when an earlier
+        invocation had trained it already."""
         from lab.train import train
 
-        root = self.work / "stage0" / f"seed{seed}"
+        folder = self.work / "stage0" / f"seed{seed}" / stage
         key = self.fingerprint("stage0", seed)
-        reused = False
-        for stage, steps in self.budget.stage0_steps.items():
-            folder = root / stage
-            if _done(folder, key):
-                reused = True
-                continue
+        reused = _done(folder, key)
+        if not reused:
             shutil.rmtree(folder, ignore_errors=True)
-            train(self.config(stage, seed, {}, steps), folder, progress=False)
+            train(self.config(stage, seed, {}, self.budget.stage0_steps[stage]), folder, progress=False)
             (folder / "fingerprint").write_text(key)
-        vision = root / "vision"
-        done = vision / "retrieval.json"  # the untouched encoder's: the same for every variant of the seed
-        if not (done.exists() and json.loads(done.read_text()).get("fingerprint") == key):
+        done = folder / "retrieval.json"  # the untouched encoder's: the same for every variant of the seed
+        if stage == "vision" and not (done.exists() and json.loads(done.read_text()).get("fingerprint") == key):
             import lab
 
-            acc = retrieval(lab.load_pretrained(vision), vision, vision)
+            acc = retrieval(lab.load_pretrained(folder), folder, folder)
             done.write_text(json.dumps({"retrieval_acc": acc, "fingerprint": key}))
         return reused
 
@@ -302,7 +298,8 @@ class Runner:
         jobs = [(c.name, v, s) for s in seeds for c in comparisons for v in c.variants]
         clock = SuiteClock(self.out / "suite.json", self.fingerprint("suite"), len(jobs), self.args)
         with _pool(self.args.workers) as pool:
-            clock.reused |= any(list(pool.map(_call, [(self, "stage0", (s,)) for s in pretrained])))  # stage 0 first
+            parts = [(self, "stage0", (s, stage)) for s in pretrained for stage in self.budget.stage0_steps]
+            clock.reused |= any(list(pool.map(_call, parts)))  # stage 0 first
             texts = pool.map(_call, [(self, "stage0_text", (s,)) for s in pretrained])
             lm_text = dict(zip(pretrained, texts, strict=True))
             probes = pool.submit(_call, (self, "stage0_probes", (0,)))
