@@ -125,9 +125,8 @@ def targets(results: dict[str, dict], mode: str) -> tuple[list[str], bool]:
 
 def frozen_llm_held_out(results: dict[str, dict], metric: str = "held_out_ranked_acc") -> tuple[str, float]:
     """The main variant with the best held-out accuracy among those whose LLM stays frozen
-    (`_frozen_llm`). Held-out is scored as InstructBLIP scores
-    its closed-set held-out tasks, by ranking the answers (`metric`); runs without it fall back to
-    generated exact match."""
+    (`_frozen_llm`). Held-out is scored as InstructBLIP scores its closed-set held-out tasks, by
+    ranking the answers (`metric`); runs without it fall back to generated exact match."""
     best = ("", float("nan"))
     for res in results.values():
         for name, s in res["summary"].items():
