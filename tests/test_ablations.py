@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from ablations.evaluate import eval_se
 from ablations.instruction_aware import gap_closes
 from ablations.probe import RidgeProbe
-from ablations.report import frozen_llm_held_out, seed_lines, summarize
+from ablations.report import frozen_llm_held_out, seed_lines, summarize, targets
 from ablations.runner import Runner, Step, Variant, cli
 from ablations.verdicts import paired
 
@@ -142,13 +142,14 @@ def test_workers_die_with_the_suite(tmp_path):
     assert not alive, f"workers {alive} outlived the suite"
 
 
-def _result(name: str, recipes: dict[str, list[dict]], held_in: dict[str, list[float]], held_out: dict) -> dict:
+def _result(name, recipes, held_in: dict[str, list[float]], held_out: dict, groups=None) -> dict:
+    metrics = {"held_out_acc": 0.0, "chance_color": 0.2, "held_in_eval_se": 0.01}
     runs = [
         {
             "variant": v,
             "seed": s,
-            "group": "main",
-            "metrics": {"held_in_acc": x, "held_out_ranked_acc": held_out[v], "acc_color": x, "held_out_acc": 0.0},
+            "group": (groups or {}).get(v, "main"),
+            "metrics": {**metrics, "held_in_acc": x, "held_out_ranked_acc": held_out[v], "acc_color": x},
         }
         for v, xs in held_in.items()
         for s, x in enumerate(xs)
@@ -180,3 +181,10 @@ def test_stage0_is_shared_by_the_seeds_unless_asked(tmp_path):
     assert [shared.stage0_seed(s) for s in range(3)] == [0, 0, 0]
     assert [own.stage0_seed(s) for s in range(3)] == [0, 1, 2]
     assert shared.fingerprint("comp", 1) != own.fingerprint("comp", 1)  # cached jobs are not mixed up
+
+
+def test_best_variant_target_counts_the_sweep_not_the_controls():
+    held_in = {"main": [0.8, 0.8], "sweep": [0.92, 0.92], "control": [0.99, 0.99]}
+    res = _result("c", {}, held_in, dict.fromkeys(held_in, 0.5), {"sweep": "sweep", "control": "control"})
+    rows, ok = targets({"c": res}, "full")
+    assert "| c | sweep 0.920 ✅ | main 0.800 ✅ | none ✅ |" in rows[-1] and ok
