@@ -1,4 +1,4 @@
-"""#4 target: stage 0 then instruction tuning of a small InstructBLIP-style model, held-in
+"""#4 target: stage 0 then instruction tuning of a small VLM (LLaVA's recipe by default), held-in
 accuracy on 3-object scenes against wall-clock time (2 CPU cores).
 
     python benchmarks/train_target.py --out benchmarks/results/train_target [--connector mlp --stage2-steps 600]
