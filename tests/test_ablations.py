@@ -188,3 +188,18 @@ def test_best_variant_target_counts_the_sweep_not_the_controls():
     res = _result("c", {}, held_in, dict.fromkeys(held_in, 0.5), {"sweep": "sweep", "control": "control"})
     rows, ok = targets({"c": res}, "full")
     assert "| c | sweep 0.920 ✅ | main 0.800 ✅ | none ✅ |" in rows[-1] and ok
+
+
+def test_smoke_suite_writes_a_report(tmp_path):
+    """Every code path of the suite, a few steps each: stage 0 (shared), every comparison's jobs,
+    probes, verdicts, the report. It checks plumbing, not models."""
+    from ablations.__main__ import main
+
+    argv = ["ablations", "--smoke", "--quick", "--workers", "1", "--out", str(tmp_path)]
+    with __import__("unittest.mock").mock.patch("sys.argv", argv):
+        assert main() == 0
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "one stage 0 shared by every seed" in text and "Every seed starts from the same stage 0." in text
+    assert len(list((tmp_path / "_runs" / "stage0").iterdir())) == 1
+    for name in ("connector", "instruction_aware", "frozen_encoders", "stage1"):
+        assert json.loads((tmp_path / name / "results.json").read_text())["verdicts"]
