@@ -16,6 +16,11 @@ TARGETS = {"quick": (0.75, 0.60), "full": (0.90, 0.70)}  # best variant, every m
 HISTORY = Path(__file__).with_name("HISTORY.md")  # the regime search, by hand: not regenerated
 
 
+def verdict_cell(v: dict) -> str:
+    """A verdict in bold, with its kind when it has one ("contradicted (no effect)")."""
+    return f"**{v['verdict']}**" + (f" ({v['kind']})" if v.get("kind") else "")
+
+
 def summarize(runs: list[dict]) -> dict:
     out: dict[str, dict] = {}
     for name in dict.fromkeys(r["variant"] for r in runs):
@@ -55,8 +60,7 @@ def table(result: dict, extra=()) -> str:
     for v in result["verdicts"]:
         paper = result["paper"].get(v["claim"], "")
         ours = f"{v['a']} − {v['b']} on {v['metric']}: {v['diff_mean']:+.3f} ± {v['diff_se']:.3f}"
-        kind = f" ({v['kind']})" if v.get("kind") else ""
-        lines.append(f"| {v['claim']} | {paper} | {ours} | **{v['verdict']}**{kind} |")
+        lines.append(f"| {v['claim']} | {paper} | {ours} | {verdict_cell(v)} |")
     notes = [f"- {v['claim']}: {v['note']}" for v in result["verdicts"] if v["note"]]
     if notes:
         lines += ["", "Why a claim may not reproduce here:", *notes]
@@ -227,13 +231,12 @@ def seed_lines(results: dict[str, dict], lm_by_seed: dict) -> list[str]:
     shared = next(iter(lm_by_seed.values())) if len(lm_by_seed) == 1 else None
     per_seed: dict[str, dict[str, list[float]]] = {}
     for name, res in results.items():
-        frozen = {n for n, s in res["summary"].items() if _group(res, n) == "main" and _frozen_llm(res, n)}
         for r in res["runs"]:
-            if _group(res, r["variant"]) != "main":
+            if r["group"] != "main":
                 continue
             row = per_seed.setdefault(str(r["seed"]), {})
             row.setdefault(name, []).append(r["metrics"]["held_in_acc"])
-            for f in QA_FAMILIES if r["variant"] in frozen else ():
+            for f in QA_FAMILIES if _frozen_llm(res, r["variant"]) else ():
                 row.setdefault(f, []).append(r["metrics"].get(f"acc_{f}", float("nan")))
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     head = [f"{f}: lm text / frozen LLM" for f in QA_FAMILIES] + [f"{n} held-in" for n in results]
@@ -334,8 +337,7 @@ def report(
     parts += ["| comparison | claim | verdict |", "|---|---|---|"]
     for n, res in results.items():
         for v in res["verdicts"]:
-            kind = f" ({v['kind']})" if v.get("kind") else ""
-            parts.append(f"| {n} | {v['claim']} | **{v['verdict']}**{kind} |")
+            parts.append(f"| {n} | {v['claim']} | {verdict_cell(v)} |")
     parts.append("")
     parts += probe_section(results)
     for n in results:

@@ -190,12 +190,11 @@ class Runner:
             shutil.rmtree(folder, ignore_errors=True)
             train(self.config(stage, seed, {}, self.budget.stage0_steps[stage]), folder, progress=False)
             (folder / "fingerprint").write_text(key)
-        done = folder / "retrieval.json"  # the untouched encoder's: the same for every variant of the seed
-        if stage == "vision" and not (done.exists() and json.loads(done.read_text()).get("fingerprint") == key):
+        if stage == "vision":  # the untouched encoder's retrieval: the same for every variant of the seed
             import lab
 
-            acc = retrieval(lab.load_pretrained(folder), folder, folder)
-            done.write_text(json.dumps({"retrieval_acc": acc, "fingerprint": key}))
+            acc = lambda: {"retrieval_acc": retrieval(lab.load_pretrained(folder), folder, folder)}  # noqa: E731
+            _cached_json(folder / "retrieval.json", key, acc)
         return reused
 
     def run_variant(self, comparison: str, v: Variant, seed: int) -> dict:
@@ -262,32 +261,26 @@ class Runner:
         frozen-LLM variants trained on it track it family by family."""
         from ablations.probe import text_accuracy
 
-        f = self.work / "stage0" / f"seed{seed}" / "lm_text.json"
-        key = self.fingerprint("stage0-text", seed)
-        if f.exists() and json.loads(f.read_text()).get("fingerprint") == key:
-            return json.loads(f.read_text())["acc"]
-        acc = text_accuracy(f.parent / "lm", per_family=min(self.budget.per_family, 500))
-        f.write_text(json.dumps({"acc": acc, "fingerprint": key}))
-        return acc
+        root = self.work / "stage0" / f"seed{seed}"
+        n = min(self.budget.per_family, 500)
+        acc = lambda: {"acc": text_accuracy(root / "lm", per_family=n)}  # noqa: E731
+        return _cached_json(root / "lm_text.json", self.fingerprint("stage0-text", seed), acc)["acc"]
 
     def stage0_probes(self, seed: int = 0) -> dict:
         """Probes of stage 0 (ViT features; the LM's answers from the true caption as text)."""
         from ablations.probe import cell_probe, probe_run
 
         root = self.work / "stage0" / f"seed{seed}"
-        f = root / "probe.json"
-        key = self.fingerprint("stage0-probe", seed)
-        if f.exists() and json.loads(f.read_text()).get("fingerprint") == key:
-            return json.loads(f.read_text())
         n = self.budget.probe_fit
-        res = {
-            "vision": probe_run(root / "vision", n_fit=n, n_val=n // 3, n_test=n // 2, sites=("pixels", "vit")),
-            "lm_text": self.stage0_text(seed),
-            "cells": cell_probe(root / "vision", n_fit=2 * n, n_test=n // 2),
-            "fingerprint": key,
-        }
-        f.write_text(json.dumps(res, indent=2))
-        return res
+
+        def probes() -> dict:
+            return {
+                "vision": probe_run(root / "vision", n_fit=n, n_val=n // 3, n_test=n // 2, sites=("pixels", "vit")),
+                "lm_text": self.stage0_text(seed),
+                "cells": cell_probe(root / "vision", n_fit=2 * n, n_test=n // 2),
+            }
+
+        return _cached_json(root / "probe.json", self.fingerprint("stage0-probe", seed), probes)
 
     # ----- the suite ----------------------------------------------------------------------
     def run_all(self, comparisons: list[Comparison]) -> dict[str, dict]:
@@ -376,6 +369,17 @@ class SuiteClock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.record, indent=2))
         return self.record
+
+
+def _cached_json(path: Path, key: str, compute) -> dict:
+    """`compute()`'s dict with `fingerprint: key`, stored at `path` and read back while the key matches."""
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("fingerprint") == key:
+            return stored
+    res = {**compute(), "fingerprint": key}
+    path.write_text(json.dumps(res, indent=2))
+    return res
 
 
 def _done(folder: Path, key: str) -> bool:
