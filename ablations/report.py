@@ -96,7 +96,8 @@ def targets(results: dict[str, dict], mode: str) -> tuple[list[str], bool]:
     best_t, main_t = TARGETS[mode]
     rows, ok = [], True
     for name, res in results.items():
-        main = {n: s for n, s in res["summary"].items() if _group(res, n) == "main"}
+        exempt = res.get("exempt", {})
+        main = {n: s for n, s in res["summary"].items() if _group(res, n) == "main" and n not in exempt}
         if not main:
             continue
         # the best of the comparison's variants scored on its own scenes: main and sweep, not the
@@ -112,20 +113,32 @@ def targets(results: dict[str, dict], mode: str) -> tuple[list[str], bool]:
             if f"acc_{f}" in s and s[f"acc_{f}"]["mean"] < min(0.999, 2.5 * s[f"chance_{f}"]["mean"])
         ]
         se = max(s["held_in_eval_se"]["mean"] for s in main.values())
-        met = (b >= best_t, w >= main_t, not low)
+        witnessed = [
+            (n, why, w_name, res["summary"][w_name]["held_in_acc"]["mean"])
+            for n, (why, w_name) in exempt.items()
+            if n in res["summary"] and w_name in res["summary"]
+        ]
+        met = (b >= best_t, w >= main_t, not low, all(x >= main_t for *_, x in witnessed))
         ok &= all(met)
+        excused = "; ".join(
+            f"{n} {res['summary'][n]['held_in_acc']['mean']:.3f} ({why}; witness {w_name} {x:.3f} {_mark(x >= main_t)})"
+            for n, why, w_name, x in witnessed
+        )
         rows.append(
             f"| {name} | {best} {b:.3f} {_mark(met[0])} | {worst} {w:.3f} {_mark(met[1])} | "
             f"{'none' if not low else ', '.join(low[:4]) + (' …' if len(low) > 4 else '')} {_mark(met[2])} | "
-            f"{se:.4f} |"
+            f"{excused or 'none'} | {se:.4f} |"
         )
     head = [
         f"Targets ({mode} mode): the best variant of each comparison (main or sweep) ≥ {best_t:.2f} held-in, every "
         f"main variant ≥ {main_t:.2f}, each held-in family of a main variant ≥ 2.5× its chance level (capped at "
-        "1.0, which a yes/no family must then reach).",
+        "1.0, which a yes/no family must then reach). A main variant whose shortfall is the effect measured (plain "
+        "queries under a tight budget, a ViT tuned on a small set) is exempt from the last two, as the issue allows, "
+        f"when its witness, the same model or recipe where that effect cannot act, reaches {main_t:.2f}.",
         "",
-        "| comparison | best variant (held-in) | worst main variant | families under 2.5× chance | largest eval s.e. |",
-        "|---|---|---|---|---|",
+        "| comparison | best variant (held-in) | worst main variant | families under 2.5× chance | exempt (witness) "
+        "| largest eval s.e. |",
+        "|---|---|---|---|---|---|",
     ]
     return head + rows, ok
 

@@ -88,7 +88,7 @@ def test_finished_jobs_are_reused_only_with_the_same_settings(tmp_path, monkeypa
     v = Variant("x", [Step("instruct", {"model.connector": "linear"})])
     folder = runner.work / "comp" / "x" / "seed0"
     folder.mkdir(parents=True)
-    key = runner.fingerprint("comp", __import__("dataclasses").asdict(v), 0)
+    key = runner.fingerprint("comp", v.job(), 0)
     (folder / "result.json").write_text(json.dumps({"variant": "x", "fingerprint": key, "metrics": {"m": 1.0}}))
     assert runner.run_variant("comp", v, 0)["metrics"] == {"m": 1.0}
 
@@ -188,6 +188,23 @@ def test_best_variant_target_counts_the_sweep_not_the_controls():
     res = _result("c", {}, held_in, dict.fromkeys(held_in, 0.5), {"sweep": "sweep", "control": "control"})
     rows, ok = targets({"c": res}, "full")
     assert "| c | sweep 0.920 ✅ | main 0.800 ✅ | none ✅ |" in rows[-1] and ok
+
+
+def test_an_exempt_variant_needs_a_witness_that_learned():
+    """Plain queries under a tight budget may miss the floor; the same model where the effect cannot
+    act may not."""
+    held_in = {"aware": [0.95, 0.95], "plain": [0.4, 0.4], "plain_1obj": [0.9, 0.9]}
+    groups = {"plain_1obj": "control"}
+    res = _result("c", {}, held_in, dict.fromkeys(held_in, 0.5), groups)
+    rows, ok = targets({"c": res}, "full")
+    assert "| c | aware 0.950 ✅ | plain 0.400 ❌ |" in rows[-1] and not ok  # not declared: a miss
+    res["exempt"] = {"plain": ["tight budget", "plain_1obj"]}
+    rows, ok = targets({"c": res}, "full")
+    assert "| aware 0.950 ✅ | none ✅ | plain 0.400 (tight budget; witness plain_1obj 0.900 ✅) |" in rows[-1]
+    assert ok
+    res["summary"]["plain_1obj"]["held_in_acc"]["mean"] = 0.5  # the witness learned nothing either
+    rows, ok = targets({"c": res}, "full")
+    assert "witness plain_1obj 0.500 ❌" in rows[-1] and not ok
 
 
 def test_smoke_suite_writes_a_report(tmp_path):
