@@ -205,6 +205,9 @@ def test_an_exempt_variant_needs_a_witness_that_learned():
     res["summary"]["plain_1obj"]["held_in_acc"]["mean"] = 0.5  # the witness learned nothing either
     rows, ok = targets({"c": res}, "full")
     assert "witness plain_1obj 0.500 ❌" in rows[-1] and not ok
+    del res["summary"]["plain_1obj"]  # a witness that did not run
+    rows, ok = targets({"c": res}, "full")
+    assert "witness plain_1obj nan ❌" in rows[-1] and not ok
 
 
 def test_smoke_suite_writes_a_report(tmp_path):
