@@ -107,10 +107,10 @@ def targets(results: dict[str, dict], mode: str) -> tuple[list[str], bool]:
         worst = min(main, key=lambda n: main[n]["held_in_acc"]["mean"])
         b, w = scored[best]["held_in_acc"]["mean"], main[worst]["held_in_acc"]["mean"]
         low = [
-            f"{n}:{f} {s[f'acc_{f}']['mean']:.2f}<{min(0.999, 2.5 * s[f'chance_{f}']['mean']):.2f}"
+            f"{n}:{f} {s[f'acc_{f}']['mean']:.2f}<{_family_floor(s, f):.2f}"
             for n, s in main.items()
             for f in QA_FAMILIES
-            if f"acc_{f}" in s and s[f"acc_{f}"]["mean"] < min(0.999, 2.5 * s[f"chance_{f}"]["mean"])
+            if f"acc_{f}" in s and s[f"acc_{f}"]["mean"] < _family_floor(s, f)
         ]
         se = max(s["held_in_eval_se"]["mean"] for s in main.values())
         # a witness that did not run cannot excuse anything: nan fails the floor
@@ -142,6 +142,11 @@ def targets(results: dict[str, dict], mode: str) -> tuple[list[str], bool]:
         "|---|---|---|---|---|---|",
     ]
     return head + rows, ok
+
+
+def _family_floor(summary: dict, family: str) -> float:
+    """2.5x the family's chance level, capped at 1.0 (0.999, so a yes/no family's 1.00 counts)."""
+    return min(0.999, 2.5 * summary[f"chance_{family}"]["mean"])
 
 
 def frozen_llm_held_out(results: dict[str, dict], metric: str = "held_out_ranked_acc") -> tuple[str, float]:
