@@ -12,7 +12,7 @@ InstructBLIP) are compared in `instruction_aware`, `stage1` and `frozen_encoders
 
 from __future__ import annotations
 
-from ablations.runner import Comparison, Runner, Step, Variant, cli
+from ablations.runner import MLP_CONNECTOR, Comparison, Runner, Step, Variant, cli
 from ablations.verdicts import paired
 
 PAPER = {
@@ -48,8 +48,8 @@ def variants(quick: bool) -> list[Variant]:
     for k in ks:  # Flamingo's resampler at the Q-Former's token counts (no instruction input)
         step = Step("instruct", {**RECIPE, "model.connector": "perceiver", "model.connector.perceiver.num_latents": k})
         out.append(Variant(f"perceiver_K{k}", [step]))
-    for kind in ("linear", "mlp"):
-        out.append(Variant(kind, [Step("instruct", {**RECIPE, "model.connector.kind": kind})], probe=kind == "linear"))
+    out.append(Variant("linear", [Step("instruct", {**RECIPE, "model.connector.kind": "linear"})], probe=True))
+    out.append(Variant("mlp", [Step("instruct", {**RECIPE, **MLP_CONNECTOR})]))
     return out
 
 

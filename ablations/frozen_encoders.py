@@ -14,7 +14,7 @@ heads, before (stage 0) and after instruction tuning.
 
 from __future__ import annotations
 
-from ablations.runner import Comparison, Runner, Step, Variant, cli
+from ablations.runner import MLP_CONNECTOR, Comparison, Runner, Step, Variant, cli
 from ablations.verdicts import paired
 
 PAPER = {
@@ -31,7 +31,7 @@ SMALL_SET = 1000  # distinct tuning images: Prismatic's effect needs broad pretr
 
 
 def variants(quick: bool) -> list[Variant]:
-    vit = {"model.connector": "mlp", "model.freeze_llm": False, "data.pool": SMALL_SET}
+    vit = {**MLP_CONNECTOR, "model.freeze_llm": False, "data.pool": SMALL_SET}
     return [
         Variant("llm_frozen", [Step("instruct", {"model.freeze_vision": True, "model.freeze_llm": True})], probe=True),
         Variant("llm_tuned", [Step("instruct", {"model.freeze_vision": True, "model.freeze_llm": False})], probe=True),

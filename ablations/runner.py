@@ -61,6 +61,11 @@ STAGE_REGIME: dict[str, dict[str, Any]] = {
 }
 
 
+# The MLP projector of every recipe. Its init is spelled out rather than left to lab's default: a
+# cached job's fingerprint covers its recipe, not lab's code, and the default changed from "torch"
+# to "lecun" (HISTORY.md), so jobs trained with the old init are not reused for the new.
+MLP_CONNECTOR = {"model.connector.kind": "mlp", "model.connector.mlp_init": "lecun"}
+
 # What a cached job's numbers mean beyond its settings; a change here retrains and re-evaluates.
 # 2: relation questions balanced (yes and no equally often) and held-out families also scored by
 # ranking their closed answer sets (InstructBLIP's protocol for held-out classification tasks).
@@ -91,6 +96,16 @@ class Variant:
     def job(self) -> dict:
         """What its results depend on (its fingerprint): everything but how the report reads them."""
         return {k: x for k, x in dataclasses.asdict(self).items() if k != "exempt"}
+
+    def work(self) -> str:
+        """What it trains and measures, whatever it is called: two variants (of two comparisons)
+        with the same work are one job, trained once (e.g. the connector comparison's MLP is the
+        stage-1 comparison's single-stage MLP)."""
+        return json.dumps(
+            [dataclasses.asdict(s) for s in self.recipe] + [self.eval_overrides, self.probe],
+            sort_keys=True,
+            default=str,
+        )
 
 
 @dataclasses.dataclass
@@ -265,6 +280,23 @@ class Runner:
             shutil.rmtree(RunDir(out).checkpoints, ignore_errors=True)
         return res
 
+    def same_as(self, comparison: str, v: Variant, seed: int, original: tuple, result: dict) -> dict:
+        """A job whose work another job did (`Variant.work`): that job's result under this one's
+        name, in this job's folder, costing no time; `same_as` names the folder with the model."""
+        folder = self.work / comparison / v.name / f"seed{seed}"
+        res = {
+            **{k: x for k, x in result.items() if k not in ("_cached", "rekeyed_from")},
+            "variant": v.name,
+            "group": v.group,
+            "wall_s": 0.0,
+            "train_s": 0.0,
+            "same_as": f"{original[0]}/{original[1].name}/seed{seed}",
+            "fingerprint": self.fingerprint(comparison, v.job(), seed),
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "result.json").write_text(json.dumps(res, indent=2))
+        return res
+
     def stage0_text(self, seed: int) -> dict:
         """A stage-0 LM answering from the true caption as text (cheap; every stage-0 seed): the
         frozen-LLM variants trained on it track it family by family."""
@@ -305,10 +337,19 @@ class Runner:
             texts = pool.map(_call, [(self, "stage0_text", (s,)) for s in pretrained])
             lm_text = dict(zip(pretrained, texts, strict=True))
             probes = pool.submit(_call, (self, "stage0_probes", (0,)))
-            runs = []
-            for r in pool.map(_call, [(self, "run_variant", j) for j in jobs]):
-                runs.append(r)
+            first: dict[tuple[str, int], int] = {}  # (work, seed) -> index of the job that trains it
+            same = [first.setdefault((v.work(), s), i) for i, (_, v, s) in enumerate(jobs)]
+            own = [i for i in range(len(jobs)) if same[i] == i]
+            done: dict[int, dict] = {}
+            trained = pool.map(_call, [(self, "run_variant", jobs[i]) for i in own])
+            for i, r in zip(own, trained, strict=True):
+                done[i] = r
                 clock.tick(r)  # a stopped suite keeps the time it had spent up to its last job
+            for i, j in enumerate(jobs):
+                if same[i] != i:
+                    done[i] = self.same_as(*j, jobs[same[i]], done[same[i]])
+                    clock.tick(done[i])
+            runs = [done[i] for i in range(len(jobs))]
             stage0 = probes.result()
         results = {}
         for c in comparisons:

@@ -8,7 +8,7 @@ MLP, tuned LLM: LLaVA's projector alignment → instruct, against instruct alone
 
 from __future__ import annotations
 
-from ablations.runner import Comparison, Runner, Step, Variant, cli
+from ablations.runner import MLP_CONNECTOR, Comparison, Runner, Step, Variant, cli
 from ablations.verdicts import paired
 
 PAPER = {
@@ -16,8 +16,8 @@ PAPER = {
     "an MLP needs no pre-alignment stage": "Prismatic: single-stage training is fine with an MLP connector",
 }
 QF = {"model.freeze_vision": True, "model.freeze_llm": True, "model.connector.qformer.instruction_aware": False}
-MLP = {"model.freeze_vision": True, "model.freeze_llm": False, "model.connector.kind": "mlp"}
-MLP_ALIGN = {"model.freeze_vision": True, "model.freeze_llm": True, "model.connector.kind": "mlp"}
+MLP = {"model.freeze_vision": True, "model.freeze_llm": False, **MLP_CONNECTOR}
+MLP_ALIGN = {"model.freeze_vision": True, "model.freeze_llm": True, **MLP_CONNECTOR}
 
 
 def variants(quick: bool) -> list[Variant]:

@@ -223,3 +223,9 @@ def test_smoke_suite_writes_a_report(tmp_path):
     assert len(list((tmp_path / "_runs" / "stage0").iterdir())) == 1
     for name in ("connector", "instruction_aware", "frozen_encoders", "stage1"):
         assert json.loads((tmp_path / name / "results.json").read_text())["verdicts"]
+    # the stage-1 comparison's single-stage MLP is the connector comparison's MLP: trained once
+    runs = tmp_path / "_runs"
+    mlp = json.loads((runs / "connector" / "mlp" / "seed0" / "result.json").read_text())
+    same = json.loads((runs / "stage1" / "mlp_single_stage" / "seed0" / "result.json").read_text())
+    assert same["same_as"] == "connector/mlp/seed0" and same["metrics"] == mlp["metrics"]
+    assert not (runs / "stage1" / "mlp_single_stage" / "seed0" / "instruct").exists()

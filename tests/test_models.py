@@ -259,3 +259,23 @@ def test_renamed_config_key_still_loads_and_both_names_are_refused():
     assert ConnectorConfig.from_dict({"kind": "mlp", "impl": "triton"}).mlp_impl == "triton"
     with pytest.raises(ConfigError, match="give 'mlp_impl' only"):
         ConnectorConfig.from_dict({"kind": "mlp", "impl": "triton", "mlp_impl": "eager"})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_mlp_projector_starts_near_its_inputs_scale(seed):
+    """LeCun-uniform layers keep a unit-scale feature near unit scale through Linear-GELU-Linear;
+    nn.Linear's default init shrinks it about five-fold (what made the MLP learn slowly)."""
+    from lab.models.connectors import MLPConnector
+
+    torch.manual_seed(seed)
+    x = torch.randn(8, 37, 64)
+
+    def rms(init):
+        with torch.no_grad():
+            y = MLPConnector(ConnectorConfig(kind="mlp", mlp_init=init), 64, 96)(x)
+        return y.pow(2).mean().sqrt().item()
+
+    assert 0.45 < rms("lecun") < 0.9  # GELU keeps ~0.65 of a unit Gaussian's RMS
+    assert rms("torch") < 0.3
+    with pytest.raises(ConfigError, match="mlp_init"):
+        ConnectorConfig(kind="mlp", mlp_init="xavier")

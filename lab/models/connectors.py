@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import torch
@@ -23,6 +24,7 @@ from lab.models.vision import ACTIVATIONS
 
 CONNECTORS = ("qformer", "linear", "mlp", "perceiver")
 PROJECTOR_IMPLS = ("eager", "triton")
+MLP_INITS = ("lecun", "torch")
 
 
 @dataclasses.dataclass
@@ -34,12 +36,19 @@ class ConnectorConfig(Config):
     hidden_act: str = "gelu"  # mlp only
     # mlp only: "triton" runs kernels.mlp_projector (exact GELU, fused); named like qformer.attn_impl
     mlp_impl: str = "eager"
+    # mlp only: "lecun" draws each layer's weights from U(±sqrt(3 / fan_in)), which keeps a feature's
+    # scale through the layer; "torch" is nn.Linear's default, U(±sqrt(1 / fan_in)), a third of the
+    # variance per layer. With "torch" the two layers hand the LLM visual tokens at a fifth of the RMS
+    # of its text embeddings (0.19-0.21 vs 1.0; the linear connector 0.52-0.61), and the MLP learned
+    # several times slower than linear (ablations/HISTORY.md). Loading weights ignores it.
+    mlp_init: str = "lecun"
 
     RENAMED: ClassVar[dict[str, str]] = {"impl": "mlp_impl"}
 
     def __post_init__(self) -> None:
         check_choice("connector.kind", self.kind, CONNECTORS)
         check_choice("connector.mlp_impl", self.mlp_impl, PROJECTOR_IMPLS)
+        check_choice("connector.mlp_init", self.mlp_init, MLP_INITS)
         check_choice("connector.hidden_act", self.hidden_act, tuple(ACTIVATIONS))
         if self.kind == "qformer" and self.qformer is None:
             self.qformer = QFormerConfig()
@@ -91,6 +100,10 @@ class MLPConnector(nn.Module):
         self.fc2 = nn.Linear(llm_dim, llm_dim, bias=cfg.bias)
         self.act = ACTIVATIONS[cfg.hidden_act]
         self.impl = cfg.mlp_impl
+        if cfg.mlp_init == "lecun":
+            for layer in (self.fc1, self.fc2):
+                bound = math.sqrt(3 / layer.in_features)
+                nn.init.uniform_(layer.weight, -bound, bound)
 
     def forward(self, features, instruction_ids=None, instruction_mask=None) -> torch.Tensor:
         _refuse_instruction(instruction_ids)
