@@ -182,8 +182,12 @@ def test_sampling_and_beams():
     assert beams.shape == (2, ids.shape[1] + 5)
 
     def logp(seq):
-        lp = model(px[:1], seq[None]).logits[0, ids.shape[1] - 1 : -1].log_softmax(-1)
-        return lp.gather(-1, seq[ids.shape[1] :, None]).sum()
+        """Log-probability of seq's new tokens, fed back as generate feeds them: as embeddings (a
+        random model may emit the image placeholder id, which `forward` would take for an image slot)."""
+        prompt = model.input_embeddings(ids[:1], model.visual_embeddings(px[:1]))
+        new = seq[None, ids.shape[1] :]
+        lp = model.llm(torch.cat([prompt, model.llm.embed(new)], 1))[0, ids.shape[1] - 1 : -1].log_softmax(-1)
+        return lp.gather(-1, new[0, :, None]).sum()
 
     greedy = model.generate(px, ids, max_new_tokens=5)
     assert (
