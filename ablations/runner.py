@@ -221,10 +221,13 @@ class Runner:
             _cached_json(folder / "retrieval.json", key, acc)
         return reused
 
+    def job(self, comparison: str, v: Variant, seed: int) -> tuple[Path, str]:
+        """A (comparison, variant, seed) job's run folder and its fingerprint."""
+        return self.work / comparison / v.name / f"seed{seed}", self.fingerprint(comparison, v.job(), seed)
+
     def run_variant(self, comparison: str, v: Variant, seed: int) -> dict:
         """Train the recipe, evaluate (val and test), probe (seed 0); cached in result.json."""
-        folder = self.work / comparison / v.name / f"seed{seed}"
-        key = self.fingerprint(comparison, v.job(), seed)
+        folder, key = self.job(comparison, v, seed)
         cached = folder / "result.json"
         if cached.exists():
             res = json.loads(cached.read_text())
@@ -283,7 +286,7 @@ class Runner:
     def same_as(self, comparison: str, v: Variant, seed: int, original: tuple, result: dict) -> dict:
         """A job whose work another job did (`Variant.work`): that job's result under this one's
         name, in this job's folder, costing no time; `same_as` names the folder with the model."""
-        folder = self.work / comparison / v.name / f"seed{seed}"
+        folder, key = self.job(comparison, v, seed)
         res = {
             **{k: x for k, x in result.items() if k not in ("_cached", "rekeyed_from")},
             "variant": v.name,
@@ -291,7 +294,7 @@ class Runner:
             "wall_s": 0.0,
             "train_s": 0.0,
             "same_as": f"{original[0]}/{original[1].name}/seed{seed}",
-            "fingerprint": self.fingerprint(comparison, v.job(), seed),
+            "fingerprint": key,
         }
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "result.json").write_text(json.dumps(res, indent=2))
