@@ -7,9 +7,11 @@ every seed and every comparison (`Budget.shared_stage0`). Training goes through 
 evaluation through `lab.eval`.
 
 Resumable: each finished (comparison, variant, seed) writes `result.json` into its run folder,
-and a rerun with the same settings reuses it, so a stopped suite continues where it stopped. The
-fingerprint covers the settings (budget, regime, config file, recipe) and `PROTOCOL`, not lab's
-code: a code change that alters what the numbers mean bumps `PROTOCOL` (or use a fresh `--work`).
+and a rerun with the same settings reuses it, so a stopped suite continues where it stopped. A job's
+fingerprint covers what it computes: the resolved training config of each step (lab's defaults
+included, so changing a default retrains the jobs it reaches and no other), the stage-0 parts it
+starts from (theirs likewise), its evaluation settings and `PROTOCOL`. A change of lab's code that
+alters what the numbers mean without changing a config bumps `PROTOCOL` (or use a fresh `--work`).
 Parallel: `--workers N` runs N jobs at once, each with one torch thread (two 1-thread runs on
 2 cores train 1.75× as many samples per second as one 2-thread run; two runs with default
 threads oversubscribe the cores and crawl).
@@ -60,11 +62,7 @@ STAGE_REGIME: dict[str, dict[str, Any]] = {
     "instruct": {"optim.lr": 2e-3},
 }
 
-
-# The MLP projector of every recipe. Its init is spelled out rather than left to lab's default: a
-# cached job's fingerprint covers its recipe, not lab's code, and the default changed from "torch"
-# to "lecun" (HISTORY.md), so jobs trained with the old init are not reused for the new.
-MLP_CONNECTOR = {"model.connector.kind": "mlp", "model.connector.mlp_init": "lecun"}
+MLP_CONNECTOR = {"model.connector.kind": "mlp"}  # the MLP projector of every recipe
 
 # What a cached job's numbers mean beyond its settings; a change here retrains and re-evaluates.
 # 2: relation questions balanced (yes and no equally often) and held-out families also scored by
@@ -93,19 +91,9 @@ class Variant:
     # showing the shortfall is the effect and not a model that learned nothing).
     exempt: tuple[str, str] | None = None
 
-    def job(self) -> dict:
-        """What its results depend on (its fingerprint): everything but how the report reads them."""
-        return {k: x for k, x in dataclasses.asdict(self).items() if k != "exempt"}
-
-    def work(self) -> str:
-        """What it trains and measures, whatever it is called: two variants (of two comparisons)
-        with the same work are one job, trained once (e.g. the connector comparison's MLP is the
-        stage-1 comparison's single-stage MLP)."""
-        return json.dumps(
-            [dataclasses.asdict(s) for s in self.recipe] + [self.eval_overrides, self.probe],
-            sort_keys=True,
-            default=str,
-        )
+    def stage0_parts(self) -> list[str]:
+        """The stage-0 parts its recipe starts from ("vision", "lm")."""
+        return sorted({i.split("/", 1)[1] for s in self.recipe for i in s.init if i.startswith("stage0/")})
 
 
 @dataclasses.dataclass
@@ -190,11 +178,19 @@ class Runner:
         o = self.overrides(stage, seed, overrides, steps)
         return build_config(stage, quick=self.args.quick, config_file=self.args.config, overrides=o)
 
-    def fingerprint(self, *parts: Any) -> str:
-        """What a cached result depends on: the budget, the regime, the config file, the recipe."""
-        settings = [PROTOCOL, dataclasses.asdict(self.budget), REGIME, STAGE_REGIME, self.args.config, parts]
-        text = json.dumps(settings, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def step_count(self, step: Step) -> int:
+        return max(1, round(self.budget.steps * step.steps))
+
+    def plan(self, v: Variant, seed: int) -> list[dict]:
+        """Each step of a recipe as it will train: its resolved config and what it starts from."""
+        return [
+            {"config": self.config(s.stage, seed, s.overrides, self.step_count(s)).identity(), "init": list(s.init)}
+            for s in v.recipe
+        ]
+
+    def stage0_key(self, seed: int, stage: str) -> str:
+        """The fingerprint of one stage-0 part: its resolved config."""
+        return _key([PROTOCOL, self.config(stage, seed, {}, self.budget.stage0_steps[stage]).identity()])
 
     # ----- jobs ---------------------------------------------------------------------------
     def stage0_seed(self, seed: int) -> int:
@@ -208,7 +204,7 @@ class Runner:
         from lab.train import train
 
         folder = self.work / "stage0" / f"seed{seed}" / stage
-        key = self.fingerprint("stage0", seed)
+        key = self.stage0_key(seed, stage)
         reused = _done(folder, key)
         if not reused:
             shutil.rmtree(folder, ignore_errors=True)
@@ -222,8 +218,19 @@ class Runner:
         return reused
 
     def job(self, comparison: str, v: Variant, seed: int) -> tuple[Path, str]:
-        """A (comparison, variant, seed) job's run folder and its fingerprint."""
-        return self.work / comparison / v.name / f"seed{seed}", self.fingerprint(comparison, v.job(), seed)
+        """A (comparison, variant, seed) job's run folder and its fingerprint. Two jobs with one
+        fingerprint (of two comparisons) compute the same thing and are trained once (`run_all`)."""
+        key = _key(
+            [
+                PROTOCOL,
+                {part: self.stage0_key(self.stage0_seed(seed), part) for part in v.stage0_parts()},
+                self.plan(v, seed),
+                v.eval_overrides,
+                self.budget.per_family,
+                self.budget.probe_fit if v.probe and seed == 0 else None,
+            ]
+        )
+        return self.work / comparison / v.name / f"seed{seed}", key
 
     def run_variant(self, comparison: str, v: Variant, seed: int) -> dict:
         """Train the recipe, evaluate (val and test), probe (seed 0); cached in result.json."""
@@ -246,8 +253,8 @@ class Runner:
             init = [stage0 / i.split("/", 1)[1] if i.startswith("stage0/") else outputs[i] for i in step.init]
             out = folder / step.stage
             shutil.rmtree(out, ignore_errors=True)
-            steps = max(1, round(self.budget.steps * step.steps))
-            summary = train(self.config(step.stage, seed, step.overrides, steps), out, init=init, progress=False)
+            cfg = self.config(step.stage, seed, step.overrides, self.step_count(step))
+            summary = train(cfg, out, init=init, progress=False)
             outputs[step.stage] = out
         final = outputs[v.recipe[-1].stage]
         train_s = time.perf_counter() - t0
@@ -308,7 +315,7 @@ class Runner:
         root = self.work / "stage0" / f"seed{seed}"
         n = min(self.budget.per_family, 500)
         acc = lambda: {"acc": text_accuracy(root / "lm", per_family=n)}  # noqa: E731
-        return _cached_json(root / "lm_text.json", self.fingerprint("stage0-text", seed), acc)["acc"]
+        return _cached_json(root / "lm_text.json", _key([self.stage0_key(seed, "lm"), n]), acc)["acc"]
 
     def stage0_probes(self, seed: int = 0) -> dict:
         """Probes of stage 0 (ViT features; the LM's answers from the true caption as text)."""
@@ -324,7 +331,8 @@ class Runner:
                 "cells": cell_probe(root / "vision", n_fit=2 * n, n_test=n // 2),
             }
 
-        return _cached_json(root / "probe.json", self.fingerprint("stage0-probe", seed), probes)
+        key = _key([self.stage0_key(seed, "vision"), self.stage0_key(seed, "lm"), n, min(self.budget.per_family, 500)])
+        return _cached_json(root / "probe.json", key, probes)
 
     # ----- the suite ----------------------------------------------------------------------
     def run_all(self, comparisons: list[Comparison]) -> dict[str, dict]:
@@ -333,15 +341,16 @@ class Runner:
         seeds = range(self.budget.seeds)
         pretrained = sorted({self.stage0_seed(s) for s in seeds})
         jobs = [(c.name, v, s) for s in seeds for c in comparisons for v in c.variants]
-        clock = SuiteClock(self.out / "suite.json", self.fingerprint("suite"), len(jobs), self.args)
+        keys = [self.job(*j)[1] for j in jobs]
+        clock = SuiteClock(self.out / "suite.json", _key(sorted(keys)), len(jobs), self.args)
         with _pool(self.args.workers) as pool:
             parts = [(self, "stage0", (s, stage)) for s in pretrained for stage in self.budget.stage0_steps]
             clock.reused |= any(list(pool.map(_call, parts)))  # stage 0 first
             texts = pool.map(_call, [(self, "stage0_text", (s,)) for s in pretrained])
             lm_text = dict(zip(pretrained, texts, strict=True))
             probes = pool.submit(_call, (self, "stage0_probes", (0,)))
-            first: dict[tuple[str, int], int] = {}  # (work, seed) -> index of the job that trains it
-            same = [first.setdefault((v.work(), s), i) for i, (_, v, s) in enumerate(jobs)]
+            first: dict[str, int] = {}  # fingerprint -> index of the job that trains it
+            same = [first.setdefault(k, i) for i, k in enumerate(keys)]
             own = [i for i in range(len(jobs)) if same[i] == i]
             done: dict[int, dict] = {}
             trained = pool.map(_call, [(self, "run_variant", jobs[i]) for i in own])
@@ -423,6 +432,10 @@ class SuiteClock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.record, indent=2))
         return self.record
+
+
+def _key(parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _cached_json(path: Path, key: str, compute) -> dict:

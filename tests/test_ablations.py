@@ -86,9 +86,8 @@ def test_finished_jobs_are_reused_only_with_the_same_settings(tmp_path, monkeypa
     args = argparse.Namespace(quick=True, seeds=1, out=str(tmp_path), config=None, work=None, workers=1, device="cpu")
     runner = Runner(args)
     v = Variant("x", [Step("instruct", {"model.connector": "linear"})])
-    folder = runner.work / "comp" / "x" / "seed0"
+    folder, key = runner.job("comp", v, 0)
     folder.mkdir(parents=True)
-    key = runner.fingerprint("comp", v.job(), 0)
     (folder / "result.json").write_text(json.dumps({"variant": "x", "fingerprint": key, "metrics": {"m": 1.0}}))
     assert runner.run_variant("comp", v, 0)["metrics"] == {"m": 1.0}
 
@@ -104,6 +103,18 @@ def test_finished_jobs_are_reused_only_with_the_same_settings(tmp_path, monkeypa
         raise AssertionError("a stale result was reused")
     except RuntimeError as e:
         assert "retrained" in str(e)
+
+
+def test_a_job_is_keyed_by_what_it_trains_not_by_how_its_recipe_is_spelled(tmp_path):
+    """The fingerprint covers each step's resolved config: spelling out a default is the same job
+    (trained once), and a setting that resolves differently is another job."""
+    runner = Runner(cli("x", ["--quick", "--out", str(tmp_path)]))
+    mlp = {"model.connector.kind": "mlp"}
+    key = lambda overrides, seed=0: runner.job("c", Variant("v", [Step("instruct", overrides)]), seed)[1]  # noqa: E731
+    assert key(mlp) == key({**mlp, "model.connector.mlp_init": "lecun"})  # lab's default, spelled out
+    assert key(mlp) != key({**mlp, "model.connector.mlp_init": "torch"})
+    assert key(mlp) != key(mlp, seed=1)
+    assert runner.job("a", Variant("v", [Step("instruct", mlp)]), 0)[1] == key(mlp)  # shared across comparisons
 
 
 def test_workers_die_with_the_suite(tmp_path):
@@ -180,7 +191,8 @@ def test_stage0_is_shared_by_the_seeds_unless_asked(tmp_path):
     own = Runner(cli("x", ["--quick", "--seeds", "3", "--out", str(tmp_path), "--stage0-per-seed"]))
     assert [shared.stage0_seed(s) for s in range(3)] == [0, 0, 0]
     assert [own.stage0_seed(s) for s in range(3)] == [0, 1, 2]
-    assert shared.fingerprint("comp", 1) != own.fingerprint("comp", 1)  # cached jobs are not mixed up
+    v = Variant("x", [Step("instruct", {"model.connector": "linear"})])
+    assert shared.job("comp", v, 1) != own.job("comp", v, 1)  # cached jobs are not mixed up
 
 
 def test_best_variant_target_counts_the_sweep_not_the_controls():

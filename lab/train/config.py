@@ -88,6 +88,14 @@ class TrainConfig(Config):
     # step 0.87x as long after (benchmarks/results/profile_step_cpu.txt); short runs lose.
     compile: bool = False
 
+    def identity(self) -> dict:
+        """What a run's result depends on: the whole config but how often it saves and whether it
+        compiles. A resumed run must match it, and it is saved as the run's train_config.json."""
+        d = self.to_dict()
+        d.pop("save_every")
+        d.pop("compile")
+        return d
+
     def __post_init__(self) -> None:
         for name, cls in (
             ("model", VLMConfig),

@@ -329,7 +329,7 @@ def _start_or_resume(cfg, run: RunDir, stage, par, opt, sched, tok, resume, inhe
         log.info("--resume: %s holds no run yet; starting it", out)
         fresh = True
     elif resume:
-        diff = config_difference(_saved_config(run), _resumable(cfg))
+        diff = config_difference(_saved_config(run), cfg.identity())
         if diff:
             raise RunError(f"--resume: {out} was trained with another config; differences: {diff}")
         ckpt = latest_checkpoint(out)
@@ -351,7 +351,7 @@ def _start_or_resume(cfg, run: RunDir, stage, par, opt, sched, tok, resume, inhe
         if not resume and run.holds_run():
             raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         truncate_metrics(run.metrics_file, 0)
-        run.train_config_file.write_text(json.dumps(_resumable(cfg), indent=2))
+        run.train_config_file.write_text(json.dumps(cfg.identity(), indent=2))
         decided = {"inherited": sorted(inherited), "parts": [dataclasses.asdict(d) for d in decisions]}
         run.trainable_file.write_text(json.dumps(decided, indent=2))
         if isinstance(tok, WordTokenizer):
@@ -400,17 +400,9 @@ def _saved_config(run: RunDir) -> dict:
     One that no longer parses is compared as written, and the difference names the key."""
     saved = json.loads(run.train_config_file.read_text())
     try:
-        return _resumable(TrainConfig.from_dict(saved))
+        return TrainConfig.from_dict(saved).identity()
     except (ConfigError, TypeError):
         return saved
-
-
-def _resumable(cfg: TrainConfig) -> dict:
-    """The config a resumed run must match (how often it saves, and whether it compiles, may change)."""
-    d = cfg.to_dict()
-    d.pop("save_every")
-    d.pop("compile")
-    return d
 
 
 def _to(batch: dict, device: torch.device) -> dict:
