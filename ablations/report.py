@@ -134,7 +134,8 @@ def targets(results: dict[str, dict], mode: str) -> tuple[list[str], bool]:
         f"Targets ({mode} mode): the best variant of each comparison (main or sweep) ≥ {best_t:.2f} held-in, every "
         f"main variant ≥ {main_t:.2f}, each held-in family of a main variant ≥ 2.5× its chance level (capped at "
         "1.0, which a yes/no family must then reach). A main variant whose shortfall is the effect measured (plain "
-        "queries under a tight budget, a ViT tuned on a small set) is exempt from the last two, as the issue allows, "
+        "queries under a tight budget, a ViT tuned on a small set, a model asked questions zero-shot before "
+        "instruction tuning) is exempt from the last two, as the issue allows, "
         f"when its witness, the same model or recipe where that effect cannot act, reaches {main_t:.2f}.",
         "",
         "| comparison | best variant (held-in) | worst main variant | families under 2.5× chance | exempt (witness) "
