@@ -238,7 +238,8 @@ def probe_section(results: dict[str, dict]) -> list[str]:
 SEED_INTRO = (
     "Seed to seed. `lm text` is the stage-0 LM the seed starts from, answering from the true caption as "
     "text (val); `frozen LLM` is the mean, over the main variants whose LLM stays frozen, of their "
-    "accuracy on the same family (test); `held-in` is each comparison's mean over its main variants."
+    "accuracy on the same family (test); `held-in` is each comparison's mean over its main variants. "
+    "Exempt variants (below the floors by design) are left out of both."
 )
 
 
@@ -252,7 +253,7 @@ def seed_lines(results: dict[str, dict], lm_by_seed: dict) -> list[str]:
     per_seed: dict[str, dict[str, list[float]]] = {}
     for name, res in results.items():
         for r in res["runs"]:
-            if r["group"] != "main":
+            if r["group"] != "main" or r["variant"] in res.get("exempt", {}):
                 continue
             row = per_seed.setdefault(str(r["seed"]), {})
             row.setdefault(name, []).append(r["metrics"]["held_in_acc"])

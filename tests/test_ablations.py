@@ -184,6 +184,10 @@ def test_lora_is_not_a_frozen_llm_and_seeds_line_up_with_their_lm():
     assert rows[1].startswith("| 1 | 1.00 / 0.90 |")
     shared = [line for line in seed_lines({"c": res}, {0: {"color": 0.7}}) if line.startswith("| 1 ")]
     assert shared[0].startswith("| 1 | 0.70 / 0.90 |")  # one stage 0 under every seed
+    # an exempt variant (below the floors by design) drags neither mean
+    res["exempt"] = {"tuned": ["by design", "frozen"]}
+    rows = [line for line in seed_lines({"c": res}, lm) if line.startswith("| 0 ")]
+    assert rows[0].endswith(f"| {(0.6 + 0.7) / 2:.3f} |")
 
 
 def test_stage0_is_shared_by_the_seeds_unless_asked(tmp_path):
