@@ -97,7 +97,7 @@ def targets(results: dict[str, dict], mode: str) -> tuple[list[str], bool]:
     rows, ok = [], True
     for name, res in results.items():
         exempt = res.get("exempt", {})
-        main = {n: s for n, s in res["summary"].items() if _group(res, n) == "main" and n not in exempt}
+        main = {n: s for n, s in res["summary"].items() if _held_to_floors(res, n)}
         if not main:
             continue
         # the best of the comparison's variants scored on its own scenes: main and sweep, not the
@@ -180,6 +180,11 @@ def _group(res: dict, name: str) -> str:
     return next(r["group"] for r in res["runs"] if r["variant"] == name)
 
 
+def _held_to_floors(res: dict, name: str) -> bool:
+    """A main variant that is not exempt: what the floors and the seed table count."""
+    return _group(res, name) == "main" and name not in res.get("exempt", {})
+
+
 def _mark(ok: bool) -> str:
     return "✅" if ok else "❌"
 
@@ -253,7 +258,7 @@ def seed_lines(results: dict[str, dict], lm_by_seed: dict) -> list[str]:
     per_seed: dict[str, dict[str, list[float]]] = {}
     for name, res in results.items():
         for r in res["runs"]:
-            if r["group"] != "main" or r["variant"] in res.get("exempt", {}):
+            if not _held_to_floors(res, r["variant"]):
                 continue
             row = per_seed.setdefault(str(r["seed"]), {})
             row.setdefault(name, []).append(r["metrics"]["held_in_acc"])

@@ -313,9 +313,15 @@ class Runner:
         from ablations.probe import text_accuracy
 
         root = self.work / "stage0" / f"seed{seed}"
-        n = min(self.budget.per_family, 500)
-        acc = lambda: {"acc": text_accuracy(root / "lm", per_family=n)}  # noqa: E731
-        return _cached_json(root / "lm_text.json", _key([self.stage0_key(seed, "lm"), n]), acc)["acc"]
+        acc = lambda: {"acc": text_accuracy(root / "lm", per_family=self.text_questions)}  # noqa: E731
+        return _cached_json(root / "lm_text.json", self.stage0_text_key(seed), acc)["acc"]
+
+    @property
+    def text_questions(self) -> int:
+        return min(self.budget.per_family, 500)
+
+    def stage0_text_key(self, seed: int) -> str:
+        return _key([self.stage0_key(seed, "lm"), self.text_questions])
 
     def stage0_probes(self, seed: int = 0) -> dict:
         """Probes of stage 0 (ViT features; the LM's answers from the true caption as text)."""
@@ -331,7 +337,7 @@ class Runner:
                 "cells": cell_probe(root / "vision", n_fit=2 * n, n_test=n // 2),
             }
 
-        key = _key([self.stage0_key(seed, "vision"), self.stage0_key(seed, "lm"), n, min(self.budget.per_family, 500)])
+        key = _key([self.stage0_key(seed, "vision"), self.stage0_key(seed, "lm"), n, self.text_questions])
         return _cached_json(root / "probe.json", key, probes)
 
     # ----- the suite ----------------------------------------------------------------------
