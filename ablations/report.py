@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ablations.ledger import Ledger
 from ablations.verdicts import mean_std
 
 METRICS = ("held_in_acc", "held_out_acc")
@@ -276,16 +277,16 @@ def seed_lines(results: dict[str, dict], lm_by_seed: dict) -> list[str]:
     return lines + [""]
 
 
-def partial(work: Path, title: str) -> list[str]:
-    """A table of whatever jobs a stopped run finished (one row per result.json), for a run that
-    could not complete; it says how many there are, and nothing is averaged or picked."""
+def partial(out: Path, title: str) -> list[str]:
+    """A table of whatever jobs a stopped run finished (one row per job in its ledger), for a run
+    that could not complete; it says how many there are, and nothing is averaged or picked."""
     rows = []
-    for f in sorted(work.glob("*/*/seed*/result.json")):
-        r = json.loads(f.read_text())
+    jobs = sorted(Ledger(out / "jobs.jsonl").of_kind("job"), key=lambda r: (r["comparison"], r["variant"], r["seed"]))
+    for r in jobs:
         m = r["metrics"]
         fam = " | ".join(f"{m.get(f'acc_{k}', float('nan')):.2f}" for k in QA_FAMILIES)
         rows.append(
-            f"| {f.parts[-4]} | {r['variant']} | {r['seed']} | {m['held_in_acc']:.3f} | {m['held_out_acc']:.3f} | "
+            f"| {r['comparison']} | {r['variant']} | {r['seed']} | {m['held_in_acc']:.3f} | {m['held_out_acc']:.3f} | "
             f"{fam} | {r['train_s']:.0f} |"
         )
     head = [
@@ -375,14 +376,10 @@ def report(
     return text
 
 
-def partial_probes(work: Path) -> list[str]:
-    f = work / "stage0" / "seed0" / "probe.json"
-    stage0 = json.loads(f.read_text()) if f.exists() else {}
-    variants = {}
-    for f in sorted(work.glob("*/*/seed0/result.json")):
-        r = json.loads(f.read_text())
-        if r.get("probe"):
-            variants[f"{f.parts[-4]}/{r['variant']}"] = r["probe"]
+def partial_probes(out: Path) -> list[str]:
+    ledger = Ledger(out / "jobs.jsonl")
+    stage0 = (ledger.of_kind("stage0_probes") or [{}])[-1]
+    variants = {f"{r['comparison']}/{r['variant']}": r["probe"] for r in ledger.of_kind("job") if r.get("probe")}
     return ["### Probes of the finished jobs", "", *probe_lines(stage0, variants)]
 
 
@@ -390,12 +387,12 @@ def main() -> None:
     import argparse
 
     p = argparse.ArgumentParser(description="Tables from finished jobs of a stopped run (no training)")
-    p.add_argument("work", help="a runner's work folder (OUT/_runs)")
+    p.add_argument("out", help="a suite's results folder (its ledger, jobs.jsonl, lists the finished jobs)")
     p.add_argument("--title", default="Finished jobs of a stopped run")
     p.add_argument("--intro", default="", help="a paragraph above the tables")
     p.add_argument("--out", help="write a report file here (with the history section) instead of printing")
     args = p.parse_args()
-    lines = partial(Path(args.work), args.title) + partial_probes(Path(args.work))
+    lines = partial(Path(args.out), args.title) + partial_probes(Path(args.out))
     if args.intro:
         lines[1:1] = ["", args.intro]
     if args.out:

@@ -6,12 +6,12 @@ and the same evaluation; stage-0 components (vision encoder, LM) are trained onc
 every seed and every comparison (`Budget.shared_stage0`). Training goes through `lab.train.train`,
 evaluation through `lab.eval`.
 
-Resumable: each finished (comparison, variant, seed) writes `result.json` into its run folder,
-and a rerun with the same settings reuses it, so a stopped suite continues where it stopped. A job's
-fingerprint covers what it computes: the resolved training config of each step (lab's defaults
+Resumable: each finished job's result goes into the ledger, `OUT/jobs.jsonl` (`ablations.ledger`),
+under a fingerprint of what it computes: the resolved training config of each step (lab's defaults
 included, so changing a default retrains the jobs it reaches and no other), the stage-0 parts it
-starts from (theirs likewise), its evaluation settings and `PROTOCOL`. A change of lab's code that
-alters what the numbers mean without changing a config bumps `PROTOCOL` (or use a fresh `--work`).
+starts from (theirs likewise), its evaluation settings and `PROTOCOL`. A rerun trains only the jobs
+the ledger lacks, and stage 0 only when one does; the run folders (`OUT/_runs`) are scratch. A change
+of lab's code that alters what the numbers mean without changing a config bumps `PROTOCOL`.
 Parallel: `--workers N` runs N jobs at once, each with one torch thread (two 1-thread runs on
 2 cores train 1.75× as many samples per second as one 2-thread run; two runs with default
 threads oversubscribe the cores and crawl).
@@ -27,12 +27,13 @@ import os
 import shutil
 import subprocess
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from ablations.evaluate import evaluate, retrieval
+from ablations.ledger import Ledger, SuiteClock
 from lab.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,13 +234,8 @@ class Runner:
         return self.work / comparison / v.name / f"seed{seed}", key
 
     def run_variant(self, comparison: str, v: Variant, seed: int) -> dict:
-        """Train the recipe, evaluate (val and test), probe (seed 0); cached in result.json."""
+        """Train the recipe, evaluate (val and test), probe (seed 0): the job's ledger record."""
         folder, key = self.job(comparison, v, seed)
-        cached = folder / "result.json"
-        if cached.exists():
-            res = json.loads(cached.read_text())
-            if res.get("fingerprint") == key:
-                return {**res, "_cached": True}
         import torch
 
         import lab
@@ -275,6 +271,8 @@ class Runner:
             n = self.budget.probe_fit
             probe = probe_run(final, n_fit=n, n_val=n // 3, n_test=n // 2)
         res = {
+            "kind": "job",
+            "comparison": comparison,
             "variant": v.name,
             "group": v.group,
             "seed": seed,
@@ -285,26 +283,17 @@ class Runner:
             "device": self.args.device,  # not in the fingerprint: CPU and GPU runs agree (HISTORY.md)
             "fingerprint": key,
         }
-        cached.write_text(json.dumps(res, indent=2))
         for out in outputs.values():  # keep the results, not every intermediate checkpoint
             shutil.rmtree(RunDir(out).checkpoints, ignore_errors=True)
         return res
 
-    def same_as(self, comparison: str, v: Variant, seed: int, original: tuple, result: dict) -> dict:
-        """A job whose work another job did (`Variant.work`): that job's result under this one's
-        name, in this job's folder, costing no time; `same_as` names the folder with the model."""
-        folder, key = self.job(comparison, v, seed)
-        res = {
-            **{k: x for k, x in result.items() if k not in ("_cached", "rekeyed_from")},
-            "variant": v.name,
-            "group": v.group,
-            "wall_s": 0.0,
-            "train_s": 0.0,
-            "same_as": f"{original[0]}/{original[1].name}/seed{seed}",
-            "fingerprint": key,
-        }
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "result.json").write_text(json.dumps(res, indent=2))
+    def as_job(self, record: dict, comparison: str, v: Variant, seed: int, trained_by: tuple | None) -> dict:
+        """A ledger record as the result of job (comparison, v, seed). `trained_by`: the job (another
+        comparison's, same fingerprint) whose run folder holds the model; this one cost no time."""
+        res = {k: x for k, x in record.items() if k != "rekeyed_from"}
+        res |= {"kind": "job", "comparison": comparison, "variant": v.name, "group": v.group, "seed": seed}
+        if trained_by is not None:
+            res |= {"wall_s": 0.0, "train_s": 0.0, "same_as": f"{trained_by[0]}/{trained_by[1].name}/seed{seed}"}
         return res
 
     def stage0_text(self, seed: int) -> dict:
@@ -312,9 +301,8 @@ class Runner:
         frozen-LLM variants trained on it track it family by family."""
         from ablations.probe import text_accuracy
 
-        root = self.work / "stage0" / f"seed{seed}"
-        acc = lambda: {"acc": text_accuracy(root / "lm", per_family=self.text_questions)}  # noqa: E731
-        return _cached_json(root / "lm_text.json", self.stage0_text_key(seed), acc)["acc"]
+        lm = self.work / "stage0" / f"seed{seed}" / "lm"
+        return {"kind": "lm_text", "acc": text_accuracy(lm, per_family=self.text_questions), "seed": seed}
 
     @property
     def text_questions(self) -> int:
@@ -323,52 +311,63 @@ class Runner:
     def stage0_text_key(self, seed: int) -> str:
         return _key([self.stage0_key(seed, "lm"), self.text_questions])
 
-    def stage0_probes(self, seed: int = 0) -> dict:
+    def stage0_probes_key(self, seed: int = 0) -> str:
+        n = self.budget.probe_fit
+        return _key([self.stage0_key(seed, "vision"), self.stage0_key(seed, "lm"), n, self.text_questions])
+
+    def stage0_probes(self, seed: int, lm_text: dict) -> dict:
         """Probes of stage 0 (ViT features; the LM's answers from the true caption as text)."""
         from ablations.probe import cell_probe, probe_run
 
         root = self.work / "stage0" / f"seed{seed}"
         n = self.budget.probe_fit
-
-        def probes() -> dict:
-            return {
-                "vision": probe_run(root / "vision", n_fit=n, n_val=n // 3, n_test=n // 2, sites=("pixels", "vit")),
-                "lm_text": self.stage0_text(seed),
-                "cells": cell_probe(root / "vision", n_fit=2 * n, n_test=n // 2),
-            }
-
-        key = _key([self.stage0_key(seed, "vision"), self.stage0_key(seed, "lm"), n, self.text_questions])
-        return _cached_json(root / "probe.json", key, probes)
+        return {
+            "kind": "stage0_probes",
+            "vision": probe_run(root / "vision", n_fit=n, n_val=n // 3, n_test=n // 2, sites=("pixels", "vit")),
+            "lm_text": lm_text,
+            "cells": cell_probe(root / "vision", n_fit=2 * n, n_test=n // 2),
+        }
 
     # ----- the suite ----------------------------------------------------------------------
     def run_all(self, comparisons: list[Comparison]) -> dict[str, dict]:
-        """Stage 0 (once, or for every seed), then every (comparison, variant, seed) job, `--workers`
-        at a time."""
+        """Every (comparison, variant, seed) job the ledger lacks, `--workers` at a time, after stage 0
+        (once, or for every seed), which trains only when a job or a stage-0 measurement is missing."""
         seeds = range(self.budget.seeds)
         pretrained = sorted({self.stage0_seed(s) for s in seeds})
         jobs = [(c.name, v, s) for s in seeds for c in comparisons for v in c.variants]
         keys = [self.job(*j)[1] for j in jobs]
+        ledger = Ledger(self.out / "jobs.jsonl")
         clock = SuiteClock(self.out / "suite.json", _key(sorted(keys)), len(jobs), self.args)
+        first: dict[str, int] = {}  # fingerprint -> index of the job that trains it
+        same = [first.setdefault(k, i) for i, k in enumerate(keys)]
+        todo = {i for i in range(len(jobs)) if same[i] == i and keys[i] not in ledger}
+        text_keys = {s: self.stage0_text_key(s) for s in pretrained}
+        probe_key = self.stage0_probes_key(0)
+        missing_text = [s for s in pretrained if text_keys[s] not in ledger]
         with _pool(self.args.workers) as pool:
-            parts = [(self, "stage0", (s, stage)) for s in pretrained for stage in self.budget.stage0_steps]
-            clock.reused |= any(list(pool.map(_call, parts)))  # stage 0 first
-            texts = pool.map(_call, [(self, "stage0_text", (s,)) for s in pretrained])
-            lm_text = dict(zip(pretrained, texts, strict=True))
-            probes = pool.submit(_call, (self, "stage0_probes", (0,)))
-            first: dict[str, int] = {}  # fingerprint -> index of the job that trains it
-            same = [first.setdefault(k, i) for i, k in enumerate(keys)]
-            own = [i for i in range(len(jobs)) if same[i] == i]
-            done: dict[int, dict] = {}
-            trained = pool.map(_call, [(self, "run_variant", jobs[i]) for i in own])
-            for i, r in zip(own, trained, strict=True):
-                done[i] = r
-                clock.tick(r)  # a stopped suite keeps the time it had spent up to its last job
-            for i, j in enumerate(jobs):
-                if same[i] != i:
-                    done[i] = self.same_as(*j, jobs[same[i]], done[same[i]])
-                    clock.tick(done[i])
-            runs = [done[i] for i in range(len(jobs))]
-            stage0 = probes.result()
+            if todo or missing_text or probe_key not in ledger:
+                parts = [(self, "stage0", (s, stage)) for s in pretrained for stage in self.budget.stage0_steps]
+                clock.reused |= any(list(pool.map(_call, parts)))  # stage 0 first
+            for s, rec in zip(
+                missing_text, pool.map(_call, [(self, "stage0_text", (s,)) for s in missing_text]), strict=True
+            ):
+                ledger.add({**rec, "fingerprint": text_keys[s]})
+            lm_text = {s: ledger[text_keys[s]]["acc"] for s in pretrained}
+            probes = None
+            if probe_key not in ledger:
+                probes = pool.submit(_call, (self, "stage0_probes", (0, lm_text[0])))
+            running = [pool.submit(_call, (self, "run_variant", jobs[i])) for i in sorted(todo)]
+            for f in as_completed(running):  # recorded as each finishes: a stopped suite keeps them
+                clock.tick(ledger.add(f.result()))
+            if probes is not None:
+                ledger.add({**probes.result(), "fingerprint": probe_key})
+        runs = []
+        for i, j in enumerate(jobs):
+            trained_by = None if same[i] == i else jobs[same[i]]
+            runs.append(self.as_job(ledger[keys[i]], *j, trained_by))
+            if same[i] != i or i not in todo:
+                clock.tick(runs[-1], cached=same[i] == i)
+        stage0 = {k: x for k, x in ledger[probe_key].items() if k not in ("kind", "rekeyed_from")}
         results = {}
         for c in comparisons:
             mine = [r for (name, _, _), r in zip(jobs, runs, strict=True) if name == c.name]
@@ -407,37 +406,6 @@ class Runner:
         plot(result, folder / "plot.png")
         print(table(result, c.extra_metrics), flush=True)
         return result
-
-
-class SuiteClock:
-    """suite.json: the suite's wall time, summed over the invocations that built it and rewritten
-    after every job, so a stopped suite keeps what it had spent. When jobs were reused without a
-    matching record (built by another version of the suite, or the record was lost), the wall time
-    is unknown and says so: `wall_s` is None."""
-
-    def __init__(self, path: Path, key: str, jobs: int, args) -> None:
-        self.path, self.t0 = path, time.perf_counter()
-        prev = json.loads(path.read_text()) if path.exists() else {}
-        self.prev = prev if prev.get("fingerprint") == key and prev.get("wall_s") is not None else None
-        self.reused = False
-        self.record = {"fingerprint": key, "workers": args.workers, "device": args.device, "jobs": jobs}
-        self.record |= {"invocations": (self.prev["invocations"] + 1) if self.prev else 1}
-        self.serial, self.done, self.cached = 0.0, 0, 0
-
-    def tick(self, result: dict | None) -> dict:
-        if result is not None:
-            self.done += 1
-            self.cached += bool(result.pop("_cached", False))
-            self.serial += result["wall_s"]
-        elapsed = time.perf_counter() - self.t0
-        if self.prev is not None:
-            wall = self.prev["wall_s"] + elapsed
-        else:
-            wall = None if (self.cached or self.reused) else elapsed
-        self.record |= {"wall_s": wall, "jobs_done": self.done, "reused_jobs": self.cached, "serial_s": self.serial}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.record, indent=2))
-        return self.record
 
 
 def _key(parts: Any) -> str:
@@ -504,8 +472,9 @@ class _Serial:
         return map(f, items)
 
     def submit(self, f, item):
-        value = f(item)
-        return type("Done", (), {"result": lambda self: value})()
+        done = Future()
+        done.set_result(f(item))
+        return done
 
 
 def _pool(workers: int):

@@ -1,16 +1,19 @@
 """Ablation machinery without training: verdict rules, evaluation error, the ridge probe, and the
-runner's resumability (a finished job is reused only when its settings match), the report's helpers."""
+runner's resumability (the ledger; a job is keyed by what it trains), the report's helpers."""
 
-import argparse
 import json
 import math
+import shutil
+from unittest import mock
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ablations.evaluate import eval_se
 from ablations.instruction_aware import gap_closes
+from ablations.ledger import Ledger
 from ablations.probe import RidgeProbe
 from ablations.report import frozen_llm_held_out, seed_lines, summarize, targets
 from ablations.runner import Runner, Step, Variant, cli
@@ -82,27 +85,22 @@ def test_ridge_probe_reads_linear_targets_and_not_noise(seed):
     assert probe(*missing)["n_test"] == int((y[2] != 0).sum())
 
 
-def test_finished_jobs_are_reused_only_with_the_same_settings(tmp_path, monkeypatch):
-    args = argparse.Namespace(quick=True, seeds=1, out=str(tmp_path), config=None, work=None, workers=1, device="cpu")
-    runner = Runner(args)
-    v = Variant("x", [Step("instruct", {"model.connector": "linear"})])
-    folder, key = runner.job("comp", v, 0)
-    folder.mkdir(parents=True)
-    (folder / "result.json").write_text(json.dumps({"variant": "x", "fingerprint": key, "metrics": {"m": 1.0}}))
-    assert runner.run_variant("comp", v, 0)["metrics"] == {"m": 1.0}
-
-    import lab.train
-
-    def no_training(*a, **k):
-        raise RuntimeError("retrained")
-
-    monkeypatch.setattr(lab.train, "train", no_training)
-    other = Variant("x", [Step("instruct", {"model.connector": "mlp"})])  # same folder, new recipe
-    try:
-        runner.run_variant("comp", other, 0)
-        raise AssertionError("a stale result was reused")
-    except RuntimeError as e:
-        assert "retrained" in str(e)
+def test_the_ledger_survives_a_write_cut_short_and_names_a_bad_line(tmp_path, caplog):
+    path = tmp_path / "jobs.jsonl"
+    ledger = Ledger(path)
+    ledger.add({"fingerprint": "a", "metrics": {"m": 1.0}})
+    ledger.add({"fingerprint": "b", "metrics": {"m": 2.0}})
+    ledger.add({"fingerprint": "a", "metrics": {"m": 3.0}})  # recomputed: the later line wins
+    assert Ledger(path)["a"]["metrics"] == {"m": 3.0} and "b" in Ledger(path)
+    with path.open("a") as f:
+        f.write('{"fingerprint": "c", "metr')  # the suite was killed mid-write
+    assert "c" not in Ledger(path) and "unfinished last line" in caplog.text
+    Ledger(path).add({"fingerprint": "d"})
+    assert sorted(Ledger(path).records) == ["a", "b", "d"]
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=f"{path}:2: not a JSON record"):
+        Ledger(path)  # a bad line inside the ledger is an error naming it, never skipped
 
 
 def test_a_job_is_keyed_by_what_it_trains_not_by_how_its_recipe_is_spelled(tmp_path):
@@ -232,7 +230,7 @@ def test_smoke_suite_writes_a_report(tmp_path):
     from ablations.__main__ import main
 
     argv = ["ablations", "--smoke", "--quick", "--workers", "1", "--out", str(tmp_path)]
-    with __import__("unittest.mock").mock.patch("sys.argv", argv):
+    with mock.patch("sys.argv", argv):
         assert main() == 0
     text = (tmp_path / "REPORT.md").read_text()
     assert "one stage 0 shared by every seed" in text and "Every seed starts from the same stage 0." in text
@@ -241,7 +239,23 @@ def test_smoke_suite_writes_a_report(tmp_path):
         assert json.loads((tmp_path / name / "results.json").read_text())["verdicts"]
     # the stage-1 comparison's single-stage MLP is the connector comparison's MLP: trained once
     runs = tmp_path / "_runs"
-    mlp = json.loads((runs / "connector" / "mlp" / "seed0" / "result.json").read_text())
-    same = json.loads((runs / "stage1" / "mlp_single_stage" / "seed0" / "result.json").read_text())
+    results = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in ("connector", "stage1")}
+    mlp = next(r for r in results["connector"]["runs"] if r["variant"] == "mlp")
+    same = next(r for r in results["stage1"]["runs"] if r["variant"] == "mlp_single_stage")
     assert same["same_as"] == "connector/mlp/seed0" and same["metrics"] == mlp["metrics"]
     assert not (runs / "stage1" / "mlp_single_stage" / "seed0" / "instruct").exists()
+
+    # A fresh clone holds the ledger and none of the run folders: the suite rebuilds the same
+    # results from the ledger and trains nothing, not even stage 0.
+    import lab.train
+
+    shutil.rmtree(runs)
+    with mock.patch.object(lab.train, "train", side_effect=RuntimeError("trained")), mock.patch("sys.argv", argv):
+        assert main() == 0
+    again = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in results}
+    assert all(again[n]["summary"] == results[n]["summary"] for n in results)
+    assert all(again[n]["verdicts"] == results[n]["verdicts"] for n in results)
+    # ... and a job the ledger lacks does train
+    with mock.patch.object(lab.train, "train", side_effect=RuntimeError("trained")):
+        with mock.patch("sys.argv", [*argv, "--seeds", "2"]), pytest.raises(RuntimeError, match="trained"):
+            main()

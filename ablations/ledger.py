@@ -1,0 +1,102 @@
+"""What a suite has finished and how long it took, kept where git keeps it.
+
+`jobs.jsonl` in the results folder holds one JSON line per finished piece of work: a job's result
+(metrics, probes, timings) or a stage-0 measurement (the LM answering from text, the stage-0
+probes), each under the fingerprint of what it computed (`Runner.job`). The run folders (`_runs/`,
+checkpoints) are scratch: a fresh clone has none. Why: a session's machine is not the next one's,
+and results that lived only in `_runs/` were lost with it (204 jobs, about 9 h of CPU, at stop 24).
+With the ledger committed, a stopped suite continues on any machine, and a finished one rebuilds
+its reports without training.
+
+One writer: the suite's own process appends a line as each job returns (workers return results
+to it), so a kill can cut at most the last line short; the next read drops that line and the job
+reruns.
+`suite.json` (`SuiteClock`) is the suite's wall time, summed over the invocations that built it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+FIX = "delete that line and its job reruns"
+
+
+class Ledger:
+    """fingerprint -> record, read from and appended to one JSON-lines file; a later line with the
+    same fingerprint wins (a job recomputed under the same settings)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.records: dict[str, dict] = {}
+        lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if n < len(lines):
+                    raise ValueError(f"{self.path}:{n}: not a JSON record; {FIX}") from None
+                # A write cut short by a kill: drop it, so that the next record does not follow it.
+                log.warning("%s:%d: an unfinished last line (a stopped suite); dropped, its job reruns", self.path, n)
+                self.path.write_text("".join(lines[:-1]))
+                continue
+            if not isinstance(rec, dict) or not isinstance(rec.get("fingerprint"), str):
+                raise ValueError(f"{self.path}:{n}: a record without a fingerprint; {FIX}")
+            self.records[rec["fingerprint"]] = rec
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def __getitem__(self, key: str) -> dict:
+        return self.records[key]
+
+    def add(self, record: dict) -> dict:
+        """Append `record` (which carries its `fingerprint`) as one line."""
+        line = json.dumps(record)  # key order kept: the report lists probes in it
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("ab+") as f:
+            f.seek(0, 2)
+            if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":
+                f.write(b"\n")  # never glued onto a line cut short since this ledger was read
+            f.write(line.encode() + b"\n")
+        self.records[record["fingerprint"]] = record
+        return record
+
+    def of_kind(self, kind: str) -> list[dict]:
+        return [r for r in self.records.values() if r.get("kind") == kind]
+
+
+class SuiteClock:
+    """suite.json: the suite's wall time, summed over the invocations that built it and rewritten
+    after every job, so a stopped suite keeps what it had spent. When jobs were reused without a
+    matching record (built by another version of the suite, or the record was lost), the wall time
+    is unknown and says so: `wall_s` is None."""
+
+    def __init__(self, path: Path, key: str, jobs: int, args) -> None:
+        self.path, self.t0 = path, time.perf_counter()
+        prev = json.loads(path.read_text()) if path.exists() else {}
+        self.prev = prev if prev.get("fingerprint") == key and prev.get("wall_s") is not None else None
+        self.reused = False
+        self.record = {"fingerprint": key, "workers": args.workers, "device": args.device, "jobs": jobs}
+        self.record |= {"invocations": (self.prev["invocations"] + 1) if self.prev else 1}
+        self.serial, self.done, self.cached = 0.0, 0, 0
+
+    def tick(self, result: dict | None, cached: bool = False) -> dict:
+        if result is not None:
+            self.done += 1
+            self.cached += cached
+            self.serial += result["wall_s"]
+        elapsed = time.perf_counter() - self.t0
+        if self.prev is not None:
+            wall = self.prev["wall_s"] + elapsed
+        else:
+            wall = None if (self.cached or self.reused) else elapsed
+        self.record |= {"wall_s": wall, "jobs_done": self.done, "reused_jobs": self.cached, "serial_s": self.serial}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.record, indent=2))
+        return self.record
