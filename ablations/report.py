@@ -300,6 +300,21 @@ def partial(out: Path, title: str) -> list[str]:
     return head + rows + [""]
 
 
+def stage0_warning(versions: dict) -> str:
+    """A warning when the jobs did not all start from the same stage-0 weights (`stage0_versions`):
+    a stage 0 retrained between invocations, so pairs may straddle two pretrainings."""
+    parts = {k: v for k, v in versions.items() if k != "unrecorded"}
+    mixed = [f"{k}: {len(v)} versions" for k, v in parts.items() if len(v) > 1]
+    if parts and versions.get("unrecorded"):
+        mixed.append(f"{versions['unrecorded']} results from before stage-0 weights were recorded")
+    if not mixed:
+        return ""
+    return (
+        " **⚠ Not every job started from the same stage-0 weights** (" + "; ".join(mixed) + "): stage 0 was "
+        "retrained between invocations. Delete the older jobs' lines from `jobs.jsonl` to retrain them on one stage 0."
+    )
+
+
 def timing(suite: dict, wall: float | None) -> str:
     """The suite's wall time as suite.json records it (summed over resumed invocations), or why
     it is unknown; always the jobs' own serial time."""
@@ -349,7 +364,8 @@ def report(
         f"Regime: `{json.dumps(cfg.get('regime', {}))}`, per stage `{json.dumps(cfg.get('stage_regime', {}))}`, "
         f"stage 0 steps {cfg['budget']['stage0_steps']}, "
         + ("one stage 0 shared by every seed" if cfg["budget"].get("shared_stage0") else "a stage 0 per seed")
-        + f", {cfg['budget']['steps']} steps per variant.",
+        + f", {cfg['budget']['steps']} steps per variant."
+        + stage0_warning(cfg.get("stage0_weights", {})),
         "",
     ]
     rows, ok = targets(results, mode)

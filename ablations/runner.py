@@ -198,18 +198,26 @@ class Runner:
         """The stage 0 that a job of `seed` starts from."""
         return 0 if self.budget.shared_stage0 else seed
 
+    def stage0_dir(self, seed: int) -> Path:
+        """Stage 0 of a seed: kept with the results (committed), not in the scratch run folders.
+        Its training is bit-exact on one machine but not across machines (the quick LM retrained in
+        a later session answered from text up to 0.04 differently per family), and every job of a
+        suite, both arms of every pair included, must start from the same stage 0."""
+        return self.out / "stage0" / f"seed{seed}"
+
     def stage0(self, seed: int, stage: str) -> bool:
         """One stage-0 part (the vision encoder or the LM) for a stage-0 seed, shared by every
         comparison; the two are independent, so they train side by side. True when an earlier
         invocation had trained it already."""
         from lab.train import train
 
-        folder = self.work / "stage0" / f"seed{seed}" / stage
+        folder = self.stage0_dir(seed) / stage
         key = self.stage0_key(seed, stage)
         reused = _done(folder, key)
         if not reused:
             shutil.rmtree(folder, ignore_errors=True)
             train(self.config(stage, seed, {}, self.budget.stage0_steps[stage]), folder, progress=False)
+            shutil.rmtree(RunDir(folder).checkpoints, ignore_errors=True)  # done: nothing to resume
             (folder / "fingerprint").write_text(key)
         if stage == "vision":  # the untouched encoder's retrieval: the same for every variant of the seed
             import lab
@@ -242,7 +250,7 @@ class Runner:
         from lab.train import train
 
         t0 = time.perf_counter()
-        stage0 = self.work / "stage0" / f"seed{self.stage0_seed(seed)}"
+        stage0 = self.stage0_dir(self.stage0_seed(seed))
         outputs: dict[str, Path] = {}
         summary: dict = {}
         for step in v.recipe:
@@ -263,6 +271,7 @@ class Runner:
         metrics["trainable_parameters"] = float(summary["trainable_parameters"])
         metrics["llm_tokens_per_image"] = float(model.cfg.image_tokens)
         metrics["train_samples_per_s"] = float(summary["samples_per_s"])
+        weights = {part: weights_digest(stage0 / part) for part in v.stage0_parts()}
         probe = None
         if v.probe and seed == 0:
             from ablations.probe import probe_run
@@ -281,6 +290,8 @@ class Runner:
             "wall_s": time.perf_counter() - t0,
             "train_s": train_s,
             "device": self.args.device,  # not in the fingerprint: CPU and GPU runs agree (HISTORY.md)
+            "stage0_seed": self.stage0_seed(seed),
+            "stage0_weights": weights,
             "fingerprint": key,
         }
         for out in outputs.values():  # keep the results, not every intermediate checkpoint
@@ -301,8 +312,9 @@ class Runner:
         frozen-LLM variants trained on it track it family by family."""
         from ablations.probe import text_accuracy
 
-        lm = self.work / "stage0" / f"seed{seed}" / "lm"
-        return {"kind": "lm_text", "acc": text_accuracy(lm, per_family=self.text_questions), "seed": seed}
+        lm = self.stage0_dir(seed) / "lm"
+        acc = text_accuracy(lm, per_family=self.text_questions)
+        return {"kind": "lm_text", "acc": acc, "stage0_seed": seed, "stage0_weights": {"lm": weights_digest(lm)}}
 
     @property
     def text_questions(self) -> int:
@@ -319,10 +331,12 @@ class Runner:
         """Probes of stage 0 (ViT features; the LM's answers from the true caption as text)."""
         from ablations.probe import cell_probe, probe_run
 
-        root = self.work / "stage0" / f"seed{seed}"
+        root = self.stage0_dir(seed)
         n = self.budget.probe_fit
         return {
             "kind": "stage0_probes",
+            "stage0_seed": seed,
+            "stage0_weights": {part: weights_digest(root / part) for part in ("vision", "lm")},
             "vision": probe_run(root / "vision", n_fit=n, n_val=n // 3, n_test=n // 2, sites=("pixels", "vit")),
             "lm_text": lm_text,
             "cells": cell_probe(root / "vision", n_fit=2 * n, n_test=n // 2),
@@ -368,14 +382,17 @@ class Runner:
             if same[i] != i or i not in todo:
                 clock.tick(runs[-1], cached=same[i] == i)
         stage0 = {k: x for k, x in ledger[probe_key].items() if k not in ("kind", "rekeyed_from")}
+        versions = stage0_versions([*runs, ledger[probe_key], *(ledger[k] for k in text_keys.values())])
+        if any(len(v) > 1 for k, v in versions.items() if k != "unrecorded"):
+            print(f"warning: the jobs started from different stage-0 weights {versions}", flush=True)
         results = {}
         for c in comparisons:
             mine = [r for (name, _, _), r in zip(jobs, runs, strict=True) if name == c.name]
-            results[c.name] = self.finish(c, mine, {**stage0, "lm_text_by_seed": lm_text})
+            results[c.name] = self.finish(c, mine, {**stage0, "lm_text_by_seed": lm_text}, versions)
         self.wall_s = clock.tick(None)["wall_s"]
         return results
 
-    def finish(self, c: Comparison, runs: list[dict], stage0: dict) -> dict:
+    def finish(self, c: Comparison, runs: list[dict], stage0: dict, versions: dict | None = None) -> dict:
         from ablations.report import plot, summarize, table
 
         result = {
@@ -394,6 +411,7 @@ class Runner:
                 "stage_regime": STAGE_REGIME,
                 "config_file": self.args.config,
                 "device": self.args.device,
+                "stage0_weights": versions or {},
                 "example_step_config": self.config("instruct", 0, {}, self.budget.steps).to_dict(),
             },
             "git_commit": git_commit(),
@@ -410,6 +428,35 @@ class Runner:
 
 def _key(parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def weights_digest(run: Path) -> str:
+    """A run's weights as a short sha256 over its tensors (name, dtype, shape, bytes), the file's
+    header aside: two stage-0 folders with one digest hold the same model."""
+    import torch
+    from safetensors.torch import load_file
+
+    h = hashlib.sha256()
+    for name, t in sorted(load_file(run / "model.safetensors").items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def stage0_versions(runs: list[dict]) -> dict:
+    """Which stage-0 weights the suite's jobs started from: "seed{s}/{part}" -> the digests seen,
+    and how many results predate the record ("unrecorded"). More than one digest for a part means a
+    stage 0 was retrained between invocations and jobs do not all start from the same one."""
+    versions: dict = {"unrecorded": 0}
+    for r in runs:
+        if "stage0_weights" not in r:
+            versions["unrecorded"] += 1
+            continue
+        for part, digest in r["stage0_weights"].items():
+            seen = versions.setdefault(f"seed{r.get('stage0_seed', 0)}/{part}", [])
+            if digest not in seen:
+                seen.append(digest)
+    return versions
 
 
 def _cached_json(path: Path, key: str, compute) -> dict:

@@ -15,8 +15,8 @@ from ablations.evaluate import eval_se
 from ablations.instruction_aware import gap_closes
 from ablations.ledger import Ledger
 from ablations.probe import RidgeProbe
-from ablations.report import frozen_llm_held_out, seed_lines, summarize, targets
-from ablations.runner import Runner, Step, Variant, cli
+from ablations.report import frozen_llm_held_out, seed_lines, stage0_warning, summarize, targets
+from ablations.runner import Runner, Step, Variant, cli, stage0_versions
 from ablations.verdicts import paired
 
 
@@ -101,6 +101,14 @@ def test_the_ledger_survives_a_write_cut_short_and_names_a_bad_line(tmp_path, ca
     path.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
     with pytest.raises(ValueError, match=f"{path}:2: not a JSON record"):
         Ledger(path)  # a bad line inside the ledger is an error naming it, never skipped
+
+
+def test_jobs_on_different_stage0_weights_are_flagged():
+    runs = [{"stage0_weights": {"lm": "a", "vision": "v"}}, {"stage0_weights": {"lm": "a"}}]
+    assert stage0_warning(stage0_versions(runs)) == ""
+    assert "seed0/lm: 2 versions" in stage0_warning(stage0_versions([*runs, {"stage0_weights": {"lm": "b"}}]))
+    assert "1 results from before" in stage0_warning(stage0_versions([*runs, {}]))
+    assert stage0_warning(stage0_versions([{}, {}])) == ""  # all from before the record: nothing to compare
 
 
 def test_a_job_is_keyed_by_what_it_trains_not_by_how_its_recipe_is_spelled(tmp_path):
@@ -234,7 +242,8 @@ def test_smoke_suite_writes_a_report(tmp_path):
         assert main() == 0
     text = (tmp_path / "REPORT.md").read_text()
     assert "one stage 0 shared by every seed" in text and "Every seed starts from the same stage 0." in text
-    assert len(list((tmp_path / "_runs" / "stage0").iterdir())) == 1
+    assert len(list((tmp_path / "stage0").iterdir())) == 1
+    assert "Not every job started from the same stage-0 weights" not in text
     for name in ("connector", "instruction_aware", "frozen_encoders", "stage1"):
         assert json.loads((tmp_path / name / "results.json").read_text())["verdicts"]
     # the stage-1 comparison's single-stage MLP is the connector comparison's MLP: trained once
@@ -245,8 +254,8 @@ def test_smoke_suite_writes_a_report(tmp_path):
     assert same["same_as"] == "connector/mlp/seed0" and same["metrics"] == mlp["metrics"]
     assert not (runs / "stage1" / "mlp_single_stage" / "seed0" / "instruct").exists()
 
-    # A fresh clone holds the ledger and none of the run folders: the suite rebuilds the same
-    # results from the ledger and trains nothing, not even stage 0.
+    # A fresh clone holds the ledger and stage 0 and none of the run folders: the suite rebuilds
+    # the same results from the ledger and trains nothing.
     import lab.train
 
     shutil.rmtree(runs)
