@@ -403,12 +403,12 @@ def main() -> None:
     import argparse
 
     p = argparse.ArgumentParser(description="Tables from finished jobs of a stopped run (no training)")
-    p.add_argument("out", help="a suite's results folder (its ledger, jobs.jsonl, lists the finished jobs)")
+    p.add_argument("results", help="a suite's results folder (its ledger, jobs.jsonl, lists the finished jobs)")
     p.add_argument("--title", default="Finished jobs of a stopped run")
     p.add_argument("--intro", default="", help="a paragraph above the tables")
     p.add_argument("--out", help="write a report file here (with the history section) instead of printing")
     args = p.parse_args()
-    lines = partial(Path(args.out), args.title) + partial_probes(Path(args.out))
+    lines = partial(Path(args.results), args.title) + partial_probes(Path(args.results))
     if args.intro:
         lines[1:1] = ["", args.intro]
     if args.out:

@@ -370,9 +370,8 @@ class Runner:
             probes = None
             if probe_key not in ledger:
                 probes = pool.submit(_call, (self, "stage0_probes", (0, lm_text[0])))
-            running = [pool.submit(_call, (self, "run_variant", jobs[i])) for i in sorted(todo)]
-            for f in as_completed(running):  # recorded as each finishes: a stopped suite keeps them
-                clock.tick(ledger.add(f.result()))
+            for rec in _finished(pool, _call, [(self, "run_variant", jobs[i]) for i in sorted(todo)]):
+                clock.tick(ledger.add(rec))  # recorded as each finishes: a stopped suite keeps them
             if probes is not None:
                 ledger.add({**probes.result(), "fingerprint": probe_key})
         runs = []
@@ -522,6 +521,28 @@ class _Serial:
         done = Future()
         done.set_result(f(item))
         return done
+
+
+def _finished(pool, f, items):
+    """f(item) for each item, yielded as each finishes, so the caller records it at once. When one
+    fails, no further item starts; the running ones finish and are yielded; then the error is raised."""
+    if isinstance(pool, _Serial):
+        yield from map(f, items)  # lazily, one at a time
+        return
+    running = [pool.submit(f, item) for item in items]
+    failed = None
+    for done in as_completed(running):
+        try:
+            value = done.result()
+        except Exception as e:  # the failed job, or one cancelled after it
+            if failed is None:
+                failed = e
+                for other in running:
+                    other.cancel()
+            continue
+        yield value
+    if failed is not None:
+        raise failed
 
 
 def _pool(workers: int):

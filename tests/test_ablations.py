@@ -103,6 +103,39 @@ def test_the_ledger_survives_a_write_cut_short_and_names_a_bad_line(tmp_path, ca
         Ledger(path)  # a bad line inside the ledger is an error naming it, never skipped
 
 
+def test_a_stopped_runs_jobs_are_tabled_from_its_ledger(tmp_path, capsys):
+    from ablations.report import main
+
+    metrics = {"held_in_acc": 0.75, "held_out_acc": 0.5, "acc_color": 0.9}
+    job = {"kind": "job", "comparison": "c", "variant": "v", "seed": 1, "metrics": metrics, "train_s": 12.0}
+    Ledger(tmp_path / "jobs.jsonl").add({**job, "fingerprint": "k"})
+    with mock.patch("sys.argv", ["report", str(tmp_path)]):
+        main()
+    out = capsys.readouterr().out
+    assert "1 finished jobs." in out and "| c | v | 1 | 0.750 | 0.500 | 0.90 |" in out
+
+
+def _half(x):
+    if x == "bad":
+        raise ValueError("job failed")
+    return x / 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failed_job_keeps_what_finished(workers):
+    """Jobs are handed back one by one as they finish (the runner records each at once), and a
+    failure stops new jobs without losing the finished ones."""
+    from ablations.runner import _finished, _pool
+
+    got = []
+    with _pool(workers) as pool, pytest.raises(ValueError, match="job failed"):
+        for value in _finished(pool, _half, [2, 4, "bad", 6, 8, 10, 12, 14, 16]):
+            got.append(value)
+    assert set(got) <= {1, 2, 3, 4, 5, 6, 7, 8}
+    if workers == 1:
+        assert got == [1, 2]  # each handed back before the next starts, and nothing after the failure
+
+
 def test_jobs_on_different_stage0_weights_are_flagged():
     runs = [{"stage0_weights": {"lm": "a", "vision": "v"}}, {"stage0_weights": {"lm": "a"}}]
     assert stage0_warning(stage0_versions(runs)) == ""
