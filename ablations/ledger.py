@@ -4,18 +4,20 @@
 (metrics, probes, timings) or a stage-0 measurement (the LM answering from text, the stage-0
 probes), each under the fingerprint of what it computed (`Runner.job`). The run folders (`_runs/`,
 checkpoints) are scratch: a fresh clone has none. Why: a session's machine is not the next one's,
-and results that lived only in `_runs/` were lost with it (204 jobs, about 9 h of CPU, at stop 24).
+and results that lived only in `_runs/` were lost with it (204 jobs, about 9 h of CPU, found gone at stop 25).
 With the ledger committed, a stopped suite continues on any machine, and a finished one rebuilds
 its reports without training.
 
 One writer: the suite's own process appends a line as each job returns (workers return results
 to it), so a kill can cut at most the last line short; the next read drops that line and the job
-reruns.
+reruns. Every result also names the stage-0 weights it started from (`weights_digest`), because
+stage 0 retrained on another machine is another model (`stage0_versions` tallies them).
 `suite.json` (`SuiteClock`) is the suite's wall time, summed over the invocations that built it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -100,3 +102,32 @@ class SuiteClock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.record, indent=2))
         return self.record
+
+
+def weights_digest(run: Path) -> str:
+    """A run's weights as a short sha256 over its tensors (name, dtype, shape, bytes), the file's
+    header aside: two stage-0 folders with one digest hold the same model."""
+    import torch
+    from safetensors.torch import load_file
+
+    h = hashlib.sha256()
+    for name, t in sorted(load_file(run / "model.safetensors").items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def stage0_versions(runs: list[dict]) -> dict:
+    """Which stage-0 weights the suite's jobs started from: "seed{s}/{part}" -> the digests seen,
+    and how many results predate the record ("unrecorded"). More than one digest for a part means a
+    stage 0 was retrained between invocations and jobs do not all start from the same one."""
+    versions: dict = {"unrecorded": 0}
+    for r in runs:
+        if "stage0_weights" not in r:
+            versions["unrecorded"] += 1
+            continue
+        for part, digest in r["stage0_weights"].items():
+            seen = versions.setdefault(f"seed{r.get('stage0_seed', 0)}/{part}", [])
+            if digest not in seen:
+                seen.append(digest)
+    return versions

@@ -27,13 +27,12 @@ import os
 import shutil
 import subprocess
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from ablations.evaluate import evaluate, retrieval
-from ablations.ledger import Ledger, SuiteClock
+from ablations.ledger import Ledger, SuiteClock, stage0_versions, weights_digest
+from ablations.pool import call, finished, open_pool
 from lab.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -358,19 +357,19 @@ class Runner:
         text_keys = {s: self.stage0_text_key(s) for s in pretrained}
         probe_key = self.stage0_probes_key(0)
         missing_text = [s for s in pretrained if text_keys[s] not in ledger]
-        with _pool(self.args.workers) as pool:
+        with open_pool(self.args.workers) as pool:
             if todo or missing_text or probe_key not in ledger:
                 parts = [(self, "stage0", (s, stage)) for s in pretrained for stage in self.budget.stage0_steps]
-                clock.reused |= any(list(pool.map(_call, parts)))  # stage 0 first
+                clock.reused |= any(list(pool.map(call, parts)))  # stage 0 first
             for s, rec in zip(
-                missing_text, pool.map(_call, [(self, "stage0_text", (s,)) for s in missing_text]), strict=True
+                missing_text, pool.map(call, [(self, "stage0_text", (s,)) for s in missing_text]), strict=True
             ):
                 ledger.add({**rec, "fingerprint": text_keys[s]})
             lm_text = {s: ledger[text_keys[s]]["acc"] for s in pretrained}
             probes = None
             if probe_key not in ledger:
-                probes = pool.submit(_call, (self, "stage0_probes", (0, lm_text[0])))
-            for rec in _finished(pool, _call, [(self, "run_variant", jobs[i]) for i in sorted(todo)]):
+                probes = pool.submit(call, (self, "stage0_probes", (0, lm_text[0])))
+            for rec in finished(pool, call, [(self, "run_variant", jobs[i]) for i in sorted(todo)]):
                 clock.tick(ledger.add(rec))  # recorded as each finishes: a stopped suite keeps them
             if probes is not None:
                 ledger.add({**probes.result(), "fingerprint": probe_key})
@@ -429,35 +428,6 @@ def _key(parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def weights_digest(run: Path) -> str:
-    """A run's weights as a short sha256 over its tensors (name, dtype, shape, bytes), the file's
-    header aside: two stage-0 folders with one digest hold the same model."""
-    import torch
-    from safetensors.torch import load_file
-
-    h = hashlib.sha256()
-    for name, t in sorted(load_file(run / "model.safetensors").items()):
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def stage0_versions(runs: list[dict]) -> dict:
-    """Which stage-0 weights the suite's jobs started from: "seed{s}/{part}" -> the digests seen,
-    and how many results predate the record ("unrecorded"). More than one digest for a part means a
-    stage 0 was retrained between invocations and jobs do not all start from the same one."""
-    versions: dict = {"unrecorded": 0}
-    for r in runs:
-        if "stage0_weights" not in r:
-            versions["unrecorded"] += 1
-            continue
-        for part, digest in r["stage0_weights"].items():
-            seen = versions.setdefault(f"seed{r.get('stage0_seed', 0)}/{part}", [])
-            if digest not in seen:
-                seen.append(digest)
-    return versions
-
-
 def _cached_json(path: Path, key: str, compute) -> dict:
     """`compute()`'s dict with `fingerprint: key`, stored at `path` and read back while the key matches."""
     if path.exists():
@@ -472,80 +442,3 @@ def _cached_json(path: Path, key: str, compute) -> dict:
 def _done(folder: Path, key: str) -> bool:
     f = folder / "fingerprint"
     return RunDir(folder).summary_file.exists() and f.exists() and f.read_text() == key
-
-
-def _init_worker() -> None:
-    import logging
-
-    import torch
-
-    _die_with_parent()
-
-    torch.set_num_threads(1)
-    logging.basicConfig(level=logging.WARNING)
-
-
-def _die_with_parent() -> None:
-    """Linux: kill this worker when the suite's process dies, so a stopped suite leaves no orphan
-    still training into its run folders. SIGKILL, not SIGTERM: the trainer would checkpoint on
-    SIGTERM and the worker take the next queued job; an unfinished job restarts from its start."""
-    import ctypes
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-
-
-def _call(item):
-    runner, method, args = item
-    if method == "run_variant":
-        print(f"[{args[0]}] {args[1].name} seed {args[2]}", flush=True)
-    return getattr(runner, method)(*args)
-
-
-class _Serial:
-    """The pool interface in this process (workers=1: no spawn cost, tracebacks stay simple)."""
-
-    def __enter__(self):
-        _init_worker()
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def map(self, f, items):
-        return map(f, items)
-
-    def submit(self, f, item):
-        done = Future()
-        done.set_result(f(item))
-        return done
-
-
-def _finished(pool, f, items):
-    """f(item) for each item, yielded as each finishes, so the caller records it at once. When one
-    fails, no further item starts; the running ones finish and are yielded; then the error is raised."""
-    if isinstance(pool, _Serial):
-        yield from map(f, items)  # lazily, one at a time
-        return
-    running = [pool.submit(f, item) for item in items]
-    failed = None
-    for done in as_completed(running):
-        try:
-            value = done.result()
-        except Exception as e:  # the failed job, or one cancelled after it
-            if failed is None:
-                failed = e
-                for other in running:
-                    other.cancel()
-            continue
-        yield value
-    if failed is not None:
-        raise failed
-
-
-def _pool(workers: int):
-    if workers <= 1:
-        return _Serial()
-    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker)

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from ablations.evaluate import eval_se
 from ablations.instruction_aware import gap_closes
-from ablations.ledger import Ledger
+from ablations.ledger import Ledger, stage0_versions
 from ablations.probe import RidgeProbe
 from ablations.report import frozen_llm_held_out, seed_lines, stage0_warning, summarize, targets
-from ablations.runner import Runner, Step, Variant, cli, stage0_versions
+from ablations.runner import Runner, Step, Variant, cli
 from ablations.verdicts import paired
 
 
@@ -125,11 +125,11 @@ def _half(x):
 def test_a_failed_job_keeps_what_finished(workers):
     """Jobs are handed back one by one as they finish (the runner records each at once), and a
     failure stops new jobs without losing the finished ones."""
-    from ablations.runner import _finished, _pool
+    from ablations.pool import finished, open_pool
 
     got = []
-    with _pool(workers) as pool, pytest.raises(ValueError, match="job failed"):
-        for value in _finished(pool, _half, [2, 4, "bad", 6, 8, 10, 12, 14, 16]):
+    with open_pool(workers) as pool, pytest.raises(ValueError, match="job failed"):
+        for value in finished(pool, _half, [2, 4, "bad", 6, 8, 10, 12, 14, 16]):
             got.append(value)
     assert set(got) <= {1, 2, 3, 4, 5, 6, 7, 8}
     if workers == 1:
@@ -166,8 +166,8 @@ def test_workers_die_with_the_suite(tmp_path):
 
     code = (
         "import time\n"
-        "from ablations.runner import _pool\n"
-        "with _pool(2) as pool:\n"
+        "from ablations.pool import open_pool\n"
+        "with open_pool(2) as pool:\n"
         "    pool.submit(time.sleep, 60)\n"
         "    import multiprocessing\n"
         "    time.sleep(8)\n"
