@@ -216,10 +216,13 @@ def test_lora_is_not_a_frozen_llm_and_seeds_line_up_with_their_lm():
         {"frozen": 0.55, "lora": 0.6, "tuned": 0.65},
     )
     assert frozen_llm_held_out({"c": res}) == ("c/frozen", 0.55)  # LoRA changes the LLM: not frozen
-    lm = {"0": {"color": 0.7}, "1": {"color": 1.0}}
+    for r in res["runs"]:  # held-out families: the ranked score, as the target counts them
+        r["metrics"] |= {"acc_relation": 0.1, "ranked_relation": 0.5 + 0.1 * r["seed"]}
+    lm = {"0": {"color": 0.7, "relation": 0.57}, "1": {"color": 1.0}}
     rows = [line for line in seed_lines({"c": res}, lm) if line.startswith("| 0 ") or line.startswith("| 1 ")]
     # seed 0: the LM's colour from text beside the frozen variant's colour; then the comparison's mean
     assert rows[0].startswith("| 0 | 0.70 / 0.60 |") and rows[0].endswith(f"| {(0.6 + 0.7 + 0.8) / 3:.3f} |")
+    assert "| 0.57 / 0.50 |" in rows[0] and "| nan / 0.60 |" in rows[1]
     assert rows[1].startswith("| 1 | 1.00 / 0.90 |")
     shared = [line for line in seed_lines({"c": res}, {0: {"color": 0.7}}) if line.startswith("| 1 ")]
     assert shared[0].startswith("| 1 | 0.70 / 0.90 |")  # one stage 0 under every seed
