@@ -17,7 +17,6 @@ import torch
 import lab
 from lab.data import (
     FAMILIES,
-    HELD_IN,
     HELD_OUT,
     Collator,
     LlavaJSON,
@@ -26,12 +25,10 @@ from lab.data import (
     normalize,
     slot_recall,
 )
-from lab.data.tasks import ANSWER_SETS, MIN_OBJECTS
+from lab.data.tasks import ANSWER_SETS, MIN_OBJECTS, QA_HELD_IN
 from lab.data.tokenizer import load_tokenizer
 from lab.models import VisionLanguageModel
 from lab.rundir import RunDir
-
-QA_HELD_IN = tuple(f for f in HELD_IN if f != "caption")  # caption is scored by slot recall
 
 
 def collator_for(model: VisionLanguageModel, tok) -> Collator:

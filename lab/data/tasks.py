@@ -41,6 +41,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 HELD_IN = ("caption", "color", "size", "count", "exists", "position")
 HELD_OUT = ("relation", "compare_count")
+QA_HELD_IN = tuple(f for f in HELD_IN if f != "caption")  # the question families: caption is scored by slot recall
 # Closed answer sets of the yes/no families: what InstructBLIP-style ranking chooses among.
 ANSWER_SETS = {"exists": ("yes", "no"), "relation": ("yes", "no"), "compare_count": ("yes", "no")}
 FAMILIES = HELD_IN + HELD_OUT
