@@ -382,6 +382,7 @@ def report(
             f"held-out protocol): **{held_out:.3f}** ({name}); target ≥ 0.70.",
             "",
         ]
+    parts += held_out_section(out / "held_out")
     parts += ["| comparison | claim | verdict |", "|---|---|---|"]
     for n, res in results.items():
         for v in res["verdicts"]:
@@ -395,6 +396,29 @@ def report(
     text = "\n".join(parts)
     (path or out / "REPORT.md").write_text(text)
     return text
+
+
+def held_out_section(folder: Path) -> list[str]:
+    """The held-out sweep over stage-0 LMs (`ablations.held_out`), when it has run into `folder`."""
+    from ablations.held_out import WAYS, table
+
+    f = folder / "results.json"
+    if not f.exists():
+        return []
+    res = json.loads(f.read_text())
+    got = "; ".join(f"{WAYS[w]} **{m:.3f} ± {sd:.3f}**" for w, (m, sd) in res["summary"].items())
+    return [
+        f"### Held-out over {res['lms']} stage-0 LMs",
+        "",
+        f"`python -m ablations.held_out` (commit `{res['git_commit'][:10]}`, {res['wall_s'] / 60:.0f} min of jobs "
+        f"plus stage 0): the recipe of `{res['recipe']}` on {res['lms']} LMs (seeds 0..{res['lms'] - 1}, each "
+        "beside the seed-0 ViT), each model's held-out answers (test split, ranked) read three ways: from the "
+        "image's soft tokens (the suite's score); through its own caption (the model describes the image, its "
+        "LLM answers from that text, `lab.eval.through_words`); and its LLM from the true caption. Held-out, "
+        f"mean ± s.d. over LMs: {got}.",
+        "",
+        table(res["records"]),
+    ]
 
 
 def partial_probes(out: Path) -> list[str]:

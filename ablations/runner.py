@@ -240,25 +240,32 @@ class Runner:
         )
         return self.work / comparison / v.name / f"seed{seed}", key
 
+    def train_recipe(self, v: Variant, seed: int, folder: Path, stage0: dict[str, Path]) -> tuple[dict, dict]:
+        """Each step of the recipe into `folder/<stage>`, starting from the stage-0 parts in `stage0`
+        (part -> run folder) and earlier steps: ({stage: its run folder}, the last step's summary)."""
+        from lab.train import train
+
+        outputs: dict[str, Path] = {}
+        summary: dict = {}
+        for step in v.recipe:
+            init = [stage0[i.split("/", 1)[1]] if i.startswith("stage0/") else outputs[i] for i in step.init]
+            out = folder / step.stage
+            shutil.rmtree(out, ignore_errors=True)
+            cfg = self.config(step.stage, seed, step.overrides, self.step_count(step))
+            summary = train(cfg, out, init=init, progress=False)
+            outputs[step.stage] = out
+        return outputs, summary
+
     def run_variant(self, comparison: str, v: Variant, seed: int) -> dict:
         """Train the recipe, evaluate (val and test), probe (seed 0): the job's ledger record."""
         folder, key = self.job(comparison, v, seed)
         import torch
 
         import lab
-        from lab.train import train
 
         t0 = time.perf_counter()
         stage0 = self.stage0_dir(self.stage0_seed(seed))
-        outputs: dict[str, Path] = {}
-        summary: dict = {}
-        for step in v.recipe:
-            init = [stage0 / i.split("/", 1)[1] if i.startswith("stage0/") else outputs[i] for i in step.init]
-            out = folder / step.stage
-            shutil.rmtree(out, ignore_errors=True)
-            cfg = self.config(step.stage, seed, step.overrides, self.step_count(step))
-            summary = train(cfg, out, init=init, progress=False)
-            outputs[step.stage] = out
+        outputs, summary = self.train_recipe(v, seed, folder, {part: stage0 / part for part in ("vision", "lm")})
         final = outputs[v.recipe[-1].stage]
         train_s = time.perf_counter() - t0
         model = lab.load_pretrained(final).to(self.args.device)

@@ -25,9 +25,11 @@ from lab.data import (
     normalize,
     slot_recall,
 )
-from lab.data.tasks import ANSWER_SETS, MIN_OBJECTS, QA_HELD_IN
-from lab.data.tokenizer import load_tokenizer
+from lab.data.datasets import scene_text
+from lab.data.tasks import ANSWER_SETS, MIN_OBJECTS, QA_HELD_IN, TEMPLATES
+from lab.data.tokenizer import IMAGE, load_tokenizer
 from lab.models import VisionLanguageModel
+from lab.models.vlm import llm_logits
 from lab.rundir import RunDir
 
 
@@ -66,25 +68,56 @@ def answer(model: VisionLanguageModel, tok, samples, max_new_tokens: int = 8, co
 def rank(model: VisionLanguageModel, tok, samples, candidates, collator=None) -> list[str]:
     """For each sample, the candidate answer the model finds most likely after the prompt (log-
     likelihood summed over the answer's tokens and <eos>): InstructBLIP's "vocabulary ranking" for
-    held-out tasks with a closed answer set. Unlike generation, it cannot reply outside the set."""
+    held-out tasks with a closed answer set. Unlike generation, it cannot reply outside the set.
+    Samples without an image are read by the LLM alone (pass a text collator: `Collator(tok, 0)`)."""
     collator = collator or collator_for(model, tok)
     device = next(model.parameters()).device
     scores = []
     for c in candidates:
         batch = collator([dataclasses.replace(s, turns=[*s.turns[:-1], (s.turns[-1][0], c)]) for s in samples])
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(
-            batch["pixel_values"],
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch.get("instruction_ids"),
-            batch.get("instruction_mask"),
-        ).logits[:, :-1]
+        if "pixel_values" in batch:
+            logits = model(
+                batch["pixel_values"],
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch.get("instruction_ids"),
+                batch.get("instruction_mask"),
+            ).logits[:, :-1]
+        else:  # text-only samples: the LLM alone reads them
+            ids = batch["input_ids"]
+            logits = llm_logits(model.llm, model.llm.embed(ids), ids, batch["attention_mask"]).logits[:, :-1]
         labels = batch["labels"][:, 1:]
         logp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
         scores.append((logp * (labels != -100)).sum(1))
     best = torch.stack(scores, 1).argmax(1).tolist()
     return [candidates[i] for i in best]
+
+
+@torch.no_grad()
+def through_words(
+    model: VisionLanguageModel, tok, samples, candidates, request: str, max_new_tokens: int, collator=None
+) -> tuple[list[str], list[str]]:
+    """Caption, then answer from the caption as text: the model describes each sample's image
+    (`request`, a human turn holding <image>), and its own LLM, with no image, ranks the candidate
+    answers to the sample's question with the image replaced by that description, written as the
+    LM read scenes in its text pretraining (`scene_text`). Returns (picks, descriptions).
+
+    Why: a frozen LLM that answers a question from a caption may still fail to answer it from the
+    connector's soft tokens. Handing it the same image as words, through the same model, tells the
+    two apart: when this route succeeds where `rank` fails, the information crossed the connector
+    and what was lost is the hand-off to the LLM (a measurement, not a variant: two passes per
+    question, as in caption-then-answer pipelines)."""
+    for s in samples:
+        if s.image is None or IMAGE not in s.turns[0][1]:
+            raise ValueError(f"through_words: a sample without an image or no {IMAGE} in its turn: {s.turns[0][1]!r}")
+    asks = [dataclasses.replace(s, turns=[("human", request), ("gpt", "")]) for s in samples]
+    said = answer(model, tok, asks, max_new_tokens, collator)
+    texts = []
+    for s, words in zip(samples, said, strict=True):
+        (who, text), *rest = s.turns
+        texts.append(dataclasses.replace(s, image=None, turns=[(who, text.replace(IMAGE, scene_text(words))), *rest]))
+    return rank(model, tok, texts, candidates, Collator(tok, 0)), said
 
 
 def evaluate_scenes(
@@ -96,13 +129,21 @@ def evaluate_scenes(
     split: str = "test",
     batch_size: int = 128,
     caption_samples: int | None = None,
+    words: bool = False,
 ) -> dict:
     """Exact-match accuracy per family on `per_family` samples of `split` each (captions, long
     to generate and scored by slot recall, on `caption_samples` if given). Held-out families with a
-    closed answer set are also scored by ranking (`rank`): `acc_ranked`, `held_out_ranked_acc`."""
+    closed answer set are also scored by ranking (`rank`): `acc_ranked`, `held_out_ranked_acc`.
+    `words`: those families also through the model's own caption (`through_words`: `acc_words`,
+    `held_out_words_acc`) and by its LLM from the true caption (`acc_from_caption`), ranked alike."""
     model.eval()
     acc: dict[str, float] = {}
     ranked: dict[str, float] = {}
+    by_words: dict[str, float] = {}
+    from_caption: dict[str, float] = {}
+    describe = TEMPLATES["caption"][0]
+    request = f"{describe} {IMAGE}" if data.question_first else f"{IMAGE} {describe}"
+    caption_tokens = 4 * data.scene.max_objects * 2 + 4
     recall: list[float] = []
     for fam in families:
         if data.scene.max_objects < MIN_OBJECTS.get(fam, 1):
@@ -126,6 +167,20 @@ def evaluate_scenes(
                 picks = rank(model, tok, chunk, ANSWER_SETS[fam])
                 hits += sum(p == normalize(s.turns[-1][1]) for p, s in zip(picks, chunk, strict=True))
             ranked[fam] = hits / len(samples)
+            if words:
+                text = SceneTasks(data.replace(families=[fam], stream="text"), split)
+                truth = [normalize(s.turns[-1][1]) for s in samples]
+                picks = []
+                for i in range(0, len(samples), batch_size):
+                    picks += through_words(
+                        model, tok, samples[i : i + batch_size], ANSWER_SETS[fam], request, caption_tokens
+                    )[0]
+                by_words[fam] = sum(map(str.__eq__, picks, truth)) / len(samples)
+                picks = []
+                for i in range(0, len(samples), batch_size):  # the same scenes and questions, as text
+                    chunk = [text[j] for j in range(i, min(i + batch_size, len(samples)))]
+                    picks += rank(model, tok, chunk, ANSWER_SETS[fam], Collator(tok, 0))
+                from_caption[fam] = sum(map(str.__eq__, picks, truth)) / len(samples)
     held_in = [acc[f] for f in QA_HELD_IN if f in acc]
     held_out = [acc[f] for f in HELD_OUT if f in acc]
     return {
@@ -134,6 +189,15 @@ def evaluate_scenes(
         "held_out_acc": sum(held_out) / len(held_out) if held_out else float("nan"),
         "acc_ranked": ranked,
         "held_out_ranked_acc": sum(ranked.values()) / len(ranked) if ranked else float("nan"),
+        **(
+            {
+                "acc_words": by_words,
+                "held_out_words_acc": sum(by_words.values()) / len(by_words) if by_words else float("nan"),
+                "acc_from_caption": from_caption,
+            }
+            if words
+            else {}
+        ),
         "caption_slot_recall": sum(recall) / len(recall) if recall else float("nan"),
         "split": split,
         "per_family": per_family,

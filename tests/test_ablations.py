@@ -304,3 +304,28 @@ def test_smoke_suite_writes_a_report(tmp_path):
     with mock.patch.object(lab.train, "train", side_effect=RuntimeError("trained")):
         with mock.patch("sys.argv", [*argv, "--seeds", "2"]), pytest.raises(RuntimeError, match="trained"):
             main()
+
+
+def test_held_out_sweep_reads_each_lm_three_ways_and_resumes(tmp_path):
+    """`ablations.held_out`, a few steps each: one LM per seed beside one ViT, each model's held-out
+    answers scored directly, through its own caption and from the true caption; a rerun trains
+    nothing; the report renders the table. Plumbing, not models."""
+    import lab.train
+    from ablations.held_out import WAYS, main
+    from ablations.report import held_out_section
+    from lab.data import HELD_OUT
+
+    argv = ["--smoke", "--lms", "2", "--workers", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    records = res["records"]
+    assert [r["lm_seed"] for r in records] == [0, 1]
+    assert all(0 <= r[w][f] <= 1 for r in records for w in WAYS for f in HELD_OUT)
+    assert records[0]["stage0_weights"]["vision"] == records[1]["stage0_weights"]["vision"]
+    assert records[0]["stage0_weights"]["lm"] != records[1]["stage0_weights"]["lm"]
+    with mock.patch.object(lab.train, "train", side_effect=RuntimeError("trained")):
+        assert main(argv) == 0
+        with pytest.raises(RuntimeError, match="trained"):
+            main([*argv[:2], "3", *argv[3:]])  # a third LM is not in the ledger: it trains
+    text = "\n".join(held_out_section(tmp_path))
+    assert "Held-out over 2 stage-0 LMs" in text and "mean ± s.d. (2 LMs)" in text

@@ -39,3 +39,34 @@ def test_rank_picks_the_answer_the_model_finds_likeliest(word):
     prompt = len(collator.encode(samples[0], prompt_only=True)[0])
     model = Prefers(tok.encode(word)[0], len(tok), at=prompt - 1)
     assert rank(model, tok, samples, ("yes", "no"), collator=collator) == [word] * 3
+
+
+def test_through_words_asks_the_llm_what_the_text_stream_asks_it():
+    """With captions equal to the truth, the words route hands the LLM exactly the text-stream
+    sample (the LM's pretraining format) and ranks as the LLM does from the true caption."""
+    import lab.eval as ev
+    from lab.data import SceneDataConfig, SceneTasks, caption
+    from lab.models import VisionLanguageModel
+    from lab.train.config import scene_model
+
+    torch.manual_seed(0)
+    model, tok = VisionLanguageModel(scene_model()).eval(), scene_tokenizer()
+    data = SceneDataConfig(families=["compare_count"])
+    images = [SceneTasks(data, "val")[i] for i in range(6)]
+    texts = [SceneTasks(data.replace(stream="text"), "val")[i] for i in range(6)]
+    seen = []
+
+    def spy(model_, tok_, samples, candidates, collator=None):
+        seen.extend(samples)
+        return rank(model_, tok_, samples, candidates, collator)
+
+    true_captions = iter([caption(s.scene) for s in images])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ev, "answer", lambda m, t, asks, n, c=None: [next(true_captions) for _ in asks])
+        mp.setattr(ev, "rank", spy)
+        picks, said = ev.through_words(model, tok, images, ("yes", "no"), "describe the image . <image>", 8)
+    assert said == [caption(s.scene) for s in images]
+    assert [s.turns for s in seen] == [s.turns for s in texts] and all(s.image is None for s in seen)
+    assert picks == rank(model, tok, texts, ("yes", "no"), Collator(tok, 0))
+    with pytest.raises(ValueError, match="without an image"):
+        ev.through_words(model, tok, texts[:1], ("yes", "no"), "describe the image . <image>", 4)

@@ -61,6 +61,11 @@ class SceneDataConfig(Config):
                 raise ConfigError(f"family {f!r} needs scenes with at least {MIN_OBJECTS[f]} objects")
 
 
+def scene_text(description: str) -> str:
+    """How the LM reads a scene in text, where a VLM sees the image: "scene : <caption> ."."""
+    return f"scene : {description} ."
+
+
 class SceneTasks:
     """Sample `i` of a split, generated on demand. Unbounded: any index is valid."""
 
@@ -84,7 +89,7 @@ class SceneTasks:
             scene = sample_scene(rng, scene_cfg, seed=i)
             question, answer = make_task(scene, family, rng)
         if cfg.stream == "text":  # the LM reads a scene description where a VLM sees pixels
-            parts = (question, f"scene : {caption(scene)} .")
+            parts = (question, scene_text(caption(scene)))
         else:
             parts = (question, IMAGE)
         text = " ".join(parts if cfg.question_first else parts[::-1])

@@ -1,0 +1,166 @@
+"""Held-out accuracy over several stage-0 LMs, read three ways: where a frozen LLM's transfer is lost.
+
+The suite shares one stage-0 LM, and on one unchanged recipe three LMs gave held-out 0.54-0.67
+(HISTORY.md, stop 26): one LM is one draw. Here the frozen-LLM recipe of `stage1/qformer_no_stage1`
+(plain Q-Former, K = 8, ViT and LLM frozen, stage 2 then instruction tuning) runs on `--lms` LMs
+(seeds 0..N-1; every one beside the seed-0 ViT), and each model answers the held-out families
+(relation, compare_count; test split, answers ranked) three ways:
+
+- `direct`: from the image's soft tokens, the suite's held-out score (InstructBLIP's transfer);
+- `words`: through its own caption: the model describes the image, its LLM ranks from that text
+  (`lab.eval.through_words`);
+- `caption`: its LLM from the true caption, the ceiling of the LM itself.
+
+`words` close to `caption` and far above `direct` says the image's content crosses the connector
+and the loss is in handing it to the LLM as soft tokens.
+
+`python -m ablations.held_out [--quick] [--lms N] [--workers N] [--out DIR]`. Resumable: finished LMs
+are kept in `OUT/jobs.jsonl` (`ablations.ledger`); stage 0 and run folders are scratch (`OUT/_runs`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ablations.ledger import Ledger, weights_digest
+from ablations.pool import call, finished, open_pool
+from ablations.runner import PROTOCOL, ROOT, Runner, Variant, _key, cli, git_commit
+from lab.data.tasks import HELD_OUT
+
+RECIPE = ("stage1", "qformer_no_stage1")  # (comparison, variant): its recipe, unchanged
+WAYS = {"direct": "from the image (soft tokens)", "words": "through its caption", "caption": "from the true caption"}
+
+
+class Sweep(Runner):
+    """The suite's runner with one stage 0 per LM seed (the ViT always seed 0's), kept in the scratch
+    folder: the ledger keeps each finished LM's result and the digest of the weights it used."""
+
+    def stage0_dir(self, seed: int) -> Path:
+        return self.work / "stage0" / f"seed{seed}"
+
+    def variant(self) -> Variant:
+        from ablations import stage1
+
+        return next(v for v in stage1.variants(self.args.quick) if v.name == RECIPE[1])
+
+    def key(self, lm: int) -> str:
+        parts = [self.stage0_key(0, "vision"), self.stage0_key(lm, "lm")]
+        return _key([PROTOCOL, "held_out", parts, self.plan(self.variant(), 0), self.budget.per_family])
+
+    def lm_job(self, lm: int) -> dict:
+        """The recipe (seed 0) on the LM of seed `lm`, scored on test: the ledger record."""
+        import torch
+
+        import lab
+        from lab.data import SceneDataConfig, load_tokenizer
+        from lab.eval import evaluate_scenes
+        from lab.rundir import RunDir
+
+        t0 = time.perf_counter()
+        stage0 = {"vision": self.stage0_dir(0) / "vision", "lm": self.stage0_dir(lm) / "lm"}
+        folder = self.work / f"lm{lm}"
+        outputs, _ = self.train_recipe(self.variant(), 0, folder, stage0)
+        final = outputs[self.variant().recipe[-1].stage]
+        model, tok = lab.load_pretrained(final).to(self.args.device), load_tokenizer(final)
+        data = SceneDataConfig.from_dict(RunDir(final).train_config()["data"])
+        torch.manual_seed(0)
+        n = self.budget.per_family
+        res = evaluate_scenes(model, tok, data, per_family=n, split="test", caption_samples=64, words=True)
+        rec = {
+            "kind": "held_out",
+            "lm_seed": lm,
+            "held_in_acc": res["held_in_acc"],
+            "direct": res["acc_ranked"],
+            "words": res["acc_words"],
+            "caption": res["acc_from_caption"],
+            "caption_slot_recall": res["caption_slot_recall"],
+            "per_family": n,
+            "stage0_weights": {part: weights_digest(path) for part, path in stage0.items()},
+            "wall_s": time.perf_counter() - t0,
+        }
+        shutil.rmtree(folder, ignore_errors=True)  # scratch: the record is the result
+        return rec
+
+    def run(self, lms: int) -> list[dict]:
+        """Every LM the ledger lacks: stage 0 first (the ViT, then the LMs), then the recipe on each."""
+        ledger = Ledger(self.out / "jobs.jsonl")
+        keys = {lm: self.key(lm) for lm in range(lms)}
+        todo = [lm for lm in range(lms) if keys[lm] not in ledger]
+        with open_pool(self.args.workers) as pool:
+            if todo:
+                parts = [(self, "stage0", (0, "vision"))] + [(self, "stage0", (lm, "lm")) for lm in todo]
+                list(pool.map(call, parts))
+            for rec in finished(pool, call, [(self, "lm_job", (lm,)) for lm in todo]):
+                ledger.add({**rec, "fingerprint": keys[rec["lm_seed"]]})
+                print(f"held-out: LM seed {rec['lm_seed']} done in {rec['wall_s']:.0f} s", flush=True)
+        return [ledger[keys[lm]] for lm in range(lms)]
+
+
+def mean_sd(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+
+
+def held_out(rec: dict, way: str) -> float:
+    return sum(rec[way][f] for f in HELD_OUT) / len(HELD_OUT)
+
+
+def table(records: list[dict]) -> str:
+    """One row per LM and a mean ± s.d. row: held-in, then each held-out family three ways."""
+    cols = [f"{f} {w}" for f in HELD_OUT for w in WAYS] + [f"held-out {w}" for w in WAYS]
+    head = "| stage-0 LM | held-in | " + " | ".join(cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 2)]
+
+    def cells(r: dict) -> list[float]:
+        return [r["held_in_acc"], *(r[w][f] for f in HELD_OUT for w in WAYS), *(held_out(r, w) for w in WAYS)]
+
+    rows = [cells(r) for r in records]
+    for r, row in zip(records, rows, strict=True):
+        lines.append(f"| seed {r['lm_seed']} | " + " | ".join(f"{x:.3f}" for x in row) + " |")
+    stats = [mean_sd(list(col)) for col in zip(*rows, strict=True)]
+    shown = " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in stats)
+    lines.append(f"| **mean ± s.d. ({len(records)} LMs)** | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary(records: list[dict]) -> dict:
+    return {w: mean_sd([held_out(r, w) for r in records]) for w in WAYS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    lms = 5
+    if "--lms" in argv:  # this script's own flag; the rest are the suite's
+        i = argv.index("--lms")
+        lms = int(argv[i + 1])
+        del argv[i : i + 2]
+    args = cli(__doc__, argv)
+    if args.seeds or args.config or args.stage0_per_seed:
+        raise SystemExit("held_out: --seeds, --config and --stage0-per-seed do not apply; --lms sets the LMs")
+    results = ROOT / "ablations" / "results"
+    if args.out is None:
+        args.out = str(results / ("quick" if args.quick else "") / "held_out")
+    sweep = Sweep(args)
+    records = sweep.run(lms)
+    result = {
+        "recipe": "/".join(RECIPE),
+        "lms": lms,
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+        "records": records,
+        "summary": summary(records),
+        "wall_s": sum(r["wall_s"] for r in records),
+        "git_commit": git_commit(),
+    }
+    (sweep.out / "results.json").write_text(json.dumps(result, indent=2))
+    (sweep.out / "table.md").write_text(table(records))
+    print(table(records), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
