@@ -20,6 +20,7 @@ are kept in `OUT/jobs.jsonl` (`ablations.ledger`); stage 0 and run folders are s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -33,6 +34,12 @@ from ablations.runner import PROTOCOL, ROOT, Runner, Variant, _key, cli, git_com
 from lab.data.tasks import HELD_OUT
 
 RECIPE = ("stage1", "qformer_no_stage1")  # (comparison, variant): its recipe, unchanged
+# The second arm: the same recipe with hand-off distillation in instruction tuning (`lab.train.handoff`).
+# Weight chosen on val (300 questions per family, LMs of an earlier session; HISTORY.md, stop 27): through the
+# seed-0 LM, compare_count from the image 0.71 without, 0.73 / 0.82 / 0.93 at weight 1 / 10 / 100; through the
+# seed-1 LM, 0.55 without, 0.56 / 0.57 at 10 / 100.
+HANDOFF = 100.0
+ARMS = (0.0, HANDOFF)
 WAYS = {"direct": "from the image (soft tokens)", "words": "through its caption", "caption": "from the true caption"}
 
 
@@ -43,16 +50,24 @@ class Sweep(Runner):
     def stage0_dir(self, seed: int) -> Path:
         return self.work / "stage0" / f"seed{seed}"
 
-    def variant(self) -> Variant:
+    def variant(self, handoff: float = 0.0) -> Variant:
+        """The recipe; with `handoff`, its instruction tuning adds hand-off distillation at that weight."""
         from ablations import stage1
 
-        return next(v for v in stage1.variants(self.args.quick) if v.name == RECIPE[1])
+        v = next(v for v in stage1.variants(self.args.quick) if v.name == RECIPE[1])
+        if handoff:
+            over = {"handoff_weight": handoff}
+            v.recipe = [
+                dataclasses.replace(s, overrides={**s.overrides, **over}) if s.stage == "instruct" else s
+                for s in v.recipe
+            ]
+        return v
 
-    def key(self, lm: int) -> str:
+    def key(self, lm: int, handoff: float = 0.0) -> str:
         parts = [self.stage0_key(0, "vision"), self.stage0_key(lm, "lm")]
-        return _key([PROTOCOL, "held_out", parts, self.plan(self.variant(), 0), self.budget.per_family])
+        return _key([PROTOCOL, "held_out", parts, self.plan(self.variant(handoff), 0), self.budget.per_family])
 
-    def lm_job(self, lm: int) -> dict:
+    def lm_job(self, lm: int, handoff: float = 0.0) -> dict:
         """The recipe (seed 0) on the LM of seed `lm`, scored on test: the ledger record."""
         import torch
 
@@ -63,9 +78,10 @@ class Sweep(Runner):
 
         t0 = time.perf_counter()
         stage0 = {"vision": self.stage0_dir(0) / "vision", "lm": self.stage0_dir(lm) / "lm"}
-        folder = self.work / f"lm{lm}"
-        outputs, _ = self.train_recipe(self.variant(), 0, folder, stage0)
-        final = outputs[self.variant().recipe[-1].stage]
+        folder = self.work / f"lm{lm}_handoff{handoff:g}"
+        v = self.variant(handoff)
+        outputs, _ = self.train_recipe(v, 0, folder, stage0)
+        final = outputs[v.recipe[-1].stage]
         model, tok = lab.load_pretrained(final).to(self.args.device), load_tokenizer(final)
         data = SceneDataConfig.from_dict(RunDir(final).train_config()["data"])
         torch.manual_seed(0)
@@ -74,6 +90,7 @@ class Sweep(Runner):
         rec = {
             "kind": "held_out",
             "lm_seed": lm,
+            "handoff_weight": handoff,
             "held_in_acc": res["held_in_acc"],
             "direct": res["acc_ranked"],
             "words": res["acc_words"],
@@ -86,19 +103,23 @@ class Sweep(Runner):
         shutil.rmtree(folder, ignore_errors=True)  # scratch: the record is the result
         return rec
 
-    def run(self, lms: int) -> list[dict]:
-        """Every LM the ledger lacks: stage 0 first (the ViT, then the LMs), then the recipe on each."""
+    def run(self, lms: int) -> dict[float, list[dict]]:
+        """Every (LM, arm) the ledger lacks: stage 0 first (the ViT, then the LMs), then the recipes.
+        Returns each arm's records (hand-off weight -> one record per LM)."""
         ledger = Ledger(self.out / "jobs.jsonl")
-        keys = {lm: self.key(lm) for lm in range(lms)}
-        todo = [lm for lm in range(lms) if keys[lm] not in ledger]
+        keys = {(lm, w): self.key(lm, w) for w in ARMS for lm in range(lms)}
+        todo = [job for job, key in keys.items() if key not in ledger]
         with open_pool(self.args.workers) as pool:
             if todo:
-                parts = [(self, "stage0", (0, "vision"))] + [(self, "stage0", (lm, "lm")) for lm in todo]
-                list(pool.map(call, parts))
-            for rec in finished(pool, call, [(self, "lm_job", (lm,)) for lm in todo]):
-                ledger.add({**rec, "fingerprint": keys[rec["lm_seed"]]})
-                print(f"held-out: LM seed {rec['lm_seed']} done in {rec['wall_s']:.0f} s", flush=True)
-        return [ledger[keys[lm]] for lm in range(lms)]
+                lm_parts = [(self, "stage0", (lm, "lm")) for lm in sorted({lm for lm, _ in todo})]
+                list(pool.map(call, [(self, "stage0", (0, "vision")), *lm_parts]))
+            for rec in finished(pool, call, [(self, "lm_job", job) for job in todo]):
+                ledger.add({**rec, "fingerprint": keys[rec["lm_seed"], rec["handoff_weight"]]})
+                print(
+                    f"held-out: LM {rec['lm_seed']}, hand-off {rec['handoff_weight']:g}: {rec['wall_s']:.0f} s",
+                    flush=True,
+                )
+        return {w: [{"handoff_weight": w, **ledger[keys[lm, w]]} for lm in range(lms)] for w in ARMS}
 
 
 def mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -132,6 +153,17 @@ def summary(records: list[dict]) -> dict:
     return {w: mean_sd([held_out(r, w) for r in records]) for w in WAYS}
 
 
+def paired(arms: dict[float, list[dict]]) -> dict:
+    """Hand-off distillation minus the plain recipe, LM by LM: mean and standard error of the
+    difference in held-in and in held-out from the image (direct)."""
+    base, tried = arms[0.0], arms[HANDOFF]
+    out = {}
+    for name, get in (("held_in", lambda r: r["held_in_acc"]), ("held_out_direct", lambda r: held_out(r, "direct"))):
+        m, sd = mean_sd([get(b) - get(t) for b, t in zip(tried, base, strict=True)])
+        out[name] = (m, sd / math.sqrt(len(base)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     lms = 5
@@ -146,19 +178,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         args.out = str(results / ("quick" if args.quick else "") / "held_out")
     sweep = Sweep(args)
-    records = sweep.run(lms)
+    arms = sweep.run(lms)
+    records = arms[0.0]
     result = {
         "recipe": "/".join(RECIPE),
         "lms": lms,
         "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
         "records": records,
         "summary": summary(records),
-        "wall_s": sum(r["wall_s"] for r in records),
+        "handoff": {
+            "weight": HANDOFF,
+            "records": arms[HANDOFF],
+            "summary": summary(arms[HANDOFF]),
+            "paired": paired(arms),
+        },
+        "wall_s": sum(r["wall_s"] for rs in arms.values() for r in rs),
         "git_commit": git_commit(),
     }
     (sweep.out / "results.json").write_text(json.dumps(result, indent=2))
-    (sweep.out / "table.md").write_text(table(records))
-    print(table(records), flush=True)
+    text = (
+        table(records)
+        + f"\nWith hand-off distillation (weight {HANDOFF:g}) in instruction tuning:\n\n"
+        + table(arms[HANDOFF])
+    )
+    (sweep.out / "table.md").write_text(text)
+    print(text, flush=True)
     return 0
 
 

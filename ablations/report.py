@@ -418,6 +418,23 @@ def held_out_section(folder: Path) -> list[str]:
         f"mean ± s.d. over LMs: {got}.",
         "",
         table(res["records"]),
+    ] + handoff_lines(res.get("handoff"))
+
+
+def handoff_lines(arm: dict | None) -> list[str]:
+    """The sweep's second arm: the same recipe with hand-off distillation (`lab.train.handoff`)."""
+    from ablations.held_out import table
+
+    if not arm:
+        return []
+    (di, si), (do, so) = arm["paired"]["held_in"], arm["paired"]["held_out_direct"]
+    return [
+        f"With hand-off distillation in instruction tuning (`handoff_weight={arm['weight']:g}`: the frozen LLM's "
+        "states after the image matched to its own after the true caption, held-in samples only), the same LMs. "
+        f"Paired over LMs (with minus without, mean ± s.e.): held-in {di:+.3f} ± {si:.3f}, held-out from the image "
+        f"{do:+.3f} ± {so:.3f}.",
+        "",
+        table(arm["records"]),
     ]
 
 

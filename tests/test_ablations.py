@@ -311,7 +311,7 @@ def test_held_out_sweep_reads_each_lm_three_ways_and_resumes(tmp_path):
     answers scored directly, through its own caption and from the true caption; a rerun trains
     nothing; the report renders the table. Plumbing, not models."""
     import lab.train
-    from ablations.held_out import WAYS, main
+    from ablations.held_out import HANDOFF, WAYS, main
     from ablations.report import held_out_section
     from lab.data import HELD_OUT
 
@@ -320,6 +320,9 @@ def test_held_out_sweep_reads_each_lm_three_ways_and_resumes(tmp_path):
     res = json.loads((tmp_path / "results.json").read_text())
     records = res["records"]
     assert [r["lm_seed"] for r in records] == [0, 1]
+    tried = res["handoff"]["records"]  # the second arm: the same LMs, hand-off distillation on
+    assert [(r["lm_seed"], r["handoff_weight"]) for r in tried] == [(0, HANDOFF), (1, HANDOFF)]
+    assert set(res["handoff"]["paired"]) == {"held_in", "held_out_direct"}
     assert all(0 <= r[w][f] <= 1 for r in records for w in WAYS for f in HELD_OUT)
     assert records[0]["stage0_weights"]["vision"] == records[1]["stage0_weights"]["vision"]
     assert records[0]["stage0_weights"]["lm"] != records[1]["stage0_weights"]["lm"]
@@ -329,3 +332,4 @@ def test_held_out_sweep_reads_each_lm_three_ways_and_resumes(tmp_path):
             main([*argv[:2], "3", *argv[3:]])  # a third LM is not in the ledger: it trains
     text = "\n".join(held_out_section(tmp_path))
     assert "Held-out over 2 stage-0 LMs" in text and "mean ± s.d. (2 LMs)" in text
+    assert f"handoff_weight={HANDOFF:g}" in text

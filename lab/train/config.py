@@ -87,13 +87,19 @@ class TrainConfig(Config):
     # names). Off by default: the first step compiles for a minute or more on 2 CPU cores, for a
     # step 0.87x as long after (benchmarks/results/profile_step_cpu.txt); short runs lose.
     compile: bool = False
+    # stages stage2 and instruct: weight of the hand-off distillation loss (`lab.train.handoff`): the
+    # frozen LLM's states after the image matched to its own after the true caption. 0: off.
+    handoff_weight: float = 0.0
 
     def identity(self) -> dict:
         """What a run's result depends on: the whole config but how often it saves and whether it
-        compiles. A resumed run must match it, and it is saved as the run's train_config.json."""
+        compiles. A resumed run must match it, and it is saved as the run's train_config.json. A loss
+        that is off computes nothing, so `handoff_weight=0` is left out: runs from before it keep theirs."""
         d = self.to_dict()
         d.pop("save_every")
         d.pop("compile")
+        if not self.handoff_weight:
+            d.pop("handoff_weight")
         return d
 
     def __post_init__(self) -> None:
@@ -115,6 +121,11 @@ class TrainConfig(Config):
             )
         if self.max_steps < 1 or self.save_every < 1:
             raise ConfigError("max_steps and save_every must be >= 1")
+        check_range("handoff_weight", self.handoff_weight, 0)
+        if self.handoff_weight:
+            from lab.train import handoff
+
+            handoff.check(self.model.llm, self.stage, bool(self.llava_data))
         if bool(self.llava_data) != bool(self.image_folder):
             raise ConfigError("llava_data and image_folder go together: give both --data and --image-folder")
 

@@ -22,6 +22,7 @@ from lab.data.tasks import dense_candidates, dense_target, hard_negative
 from lab.models import VisionLanguageModel, lora
 from lab.models.blip2_stage1 import Stage1Heads
 from lab.models.clip import ContrastiveHeads
+from lab.train import handoff
 from lab.train.config import TrainConfig
 from lab.train.trainable import decide, table
 
@@ -97,6 +98,8 @@ class Stage(nn.Module):
                 module.get_submodule(name).requires_grad_(False)
         if self.aux is not None:
             self.aux.requires_grad_(True)
+        if self.cfg.handoff_weight and any(p.requires_grad for p in self.vlm.llm.parameters()):
+            raise ConfigError("handoff_weight: the LLM is its own teacher and must stay frozen (model.freeze_llm=true)")
         n = sum(p.numel() for p in self.parameters() if p.requires_grad)
         heads = " (plus the stage's heads)" if self.aux is not None else ""
         log.info("stage %s: %d trainable parameters%s\n%s", self.name, n, heads, table(self.decisions, counts))
@@ -112,12 +115,17 @@ class Stage(nn.Module):
         return SceneTasks(self.cfg.data, split)
 
     def collate(self, samples) -> dict:
-        return self.collator(samples)
+        batch = self.collator(samples)
+        if self.cfg.handoff_weight:  # the teacher's text twin of each sample
+            batch |= handoff.text_twins(samples, self.tok)
+        return batch
 
     def count(self, batch: dict) -> int:
         return label_count(batch)
 
     def forward(self, batch: dict) -> torch.Tensor:
+        if "handoff_ids" in batch:
+            return self.forward_handoff(batch)
         out = self.vlm(
             batch["pixel_values"],
             batch["input_ids"],
@@ -126,6 +134,20 @@ class Stage(nn.Module):
             batch.get("instruction_mask"),
         )
         return lm_loss_sum(out.logits, batch["labels"])
+
+    def forward_handoff(self, batch: dict) -> torch.Tensor:
+        """The LM loss plus `handoff_weight` × the hand-off distillation loss (`lab.train.handoff`)."""
+        vlm, ids, mask = self.vlm, batch["input_ids"], batch["attention_mask"]
+        visual = vlm.visual_embeddings(
+            batch["pixel_values"], batch.get("instruction_ids"), batch.get("instruction_mask")
+        )
+        logits, student = handoff.layer_states(vlm.llm, vlm.input_embeddings(ids, visual), mask)
+        with torch.no_grad():
+            text, text_mask = batch["handoff_ids"], batch["handoff_mask"]
+            _, teacher = handoff.layer_states(vlm.llm, vlm.llm.embed(text), text_mask)
+        suffix = handoff.suffix_lengths(ids, mask, vlm.cfg.image_token_id)
+        extra = handoff.loss(student, teacher, (mask, text_mask), suffix)
+        return lm_loss_sum(logits, batch["labels"]) + self.cfg.handoff_weight * extra
 
 
 class VisionStage(Stage):
