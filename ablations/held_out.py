@@ -20,6 +20,7 @@ are kept in `OUT/jobs.jsonl` (`ablations.ledger`); stage 0 and run folders are s
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -165,13 +166,13 @@ def paired(arms: dict[float, list[dict]]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    lms = 5
-    if "--lms" in argv:  # this script's own flag; the rest are the suite's
-        i = argv.index("--lms")
-        lms = int(argv[i + 1])
-        del argv[i : i + 2]
-    args = cli(__doc__, argv)
+    own = argparse.ArgumentParser(add_help=False)  # this script's own flag; the rest are the suite's
+    own.add_argument("--lms", type=int, default=5, help="stage-0 LMs (seeds 0..N-1)")
+    known, rest = own.parse_known_args(sys.argv[1:] if argv is None else argv)
+    lms = known.lms
+    if lms < 1:
+        raise SystemExit(f"held_out: --lms must be at least 1, got {lms}")
+    args = cli(__doc__, rest)
     if args.seeds or args.config or args.stage0_per_seed:
         raise SystemExit("held_out: --seeds, --config and --stage0-per-seed do not apply; --lms sets the LMs")
     results = ROOT / "ablations" / "results"
