@@ -25,7 +25,7 @@ from lab.data import (
     normalize,
     slot_recall,
 )
-from lab.data.datasets import scene_text
+from lab.data.datasets import as_text
 from lab.data.tasks import ANSWER_SETS, MIN_OBJECTS, QA_HELD_IN, TEMPLATES
 from lab.data.tokenizer import IMAGE, load_tokenizer
 from lab.models import VisionLanguageModel
@@ -101,7 +101,7 @@ def through_words(
     """Caption, then answer from the caption as text: the model describes each sample's image
     (`request`, a human turn holding <image>), and its own LLM, with no image, ranks the candidate
     answers to the sample's question with the image replaced by that description, written as the
-    LM read scenes in its text pretraining (`scene_text`). Returns (picks, descriptions).
+    LM read scenes in its text pretraining (`as_text`). Returns (picks, descriptions).
 
     Why: a frozen LLM that answers a question from a caption may still fail to answer it from the
     connector's soft tokens. Handing it the same image as words, through the same model, tells the
@@ -113,10 +113,7 @@ def through_words(
             raise ValueError(f"through_words: a sample without an image or no {IMAGE} in its turn: {s.turns[0][1]!r}")
     asks = [dataclasses.replace(s, turns=[("human", request), ("gpt", "")]) for s in samples]
     said = answer(model, tok, asks, max_new_tokens, collator)
-    texts = []
-    for s, words in zip(samples, said, strict=True):
-        (who, text), *rest = s.turns
-        texts.append(dataclasses.replace(s, image=None, turns=[(who, text.replace(IMAGE, scene_text(words))), *rest]))
+    texts = [as_text(s, words) for s, words in zip(samples, said, strict=True)]
     return rank(model, tok, texts, candidates, Collator(tok, 0)), said
 
 

@@ -66,6 +66,13 @@ def scene_text(description: str) -> str:
     return f"scene : {description} ."
 
 
+def as_text(sample: Sample, description: str) -> Sample:
+    """`sample` with its image replaced by `description`, written as the LM reads scenes
+    (`scene_text`): the text-only twin of an image sample, for its LLM alone."""
+    (who, text), *rest = sample.turns
+    return dataclasses.replace(sample, image=None, turns=[(who, text.replace(IMAGE, scene_text(description))), *rest])
+
+
 class SceneTasks:
     """Sample `i` of a split, generated on demand. Unbounded: any index is valid."""
 

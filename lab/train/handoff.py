@@ -18,15 +18,12 @@ Each row's error is relative to the teacher's state size, so λ does not depend 
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from lab.config import ConfigError
 from lab.data import Collator
-from lab.data.datasets import scene_text
+from lab.data.datasets import as_text
 from lab.data.tasks import caption
-from lab.data.tokenizer import IMAGE
 
 
 def check(llm_cfg, stage: str, llava: bool) -> None:
@@ -45,15 +42,9 @@ def check(llm_cfg, stage: str, llava: bool) -> None:
 
 def text_twins(samples, tok) -> dict[str, torch.Tensor]:
     """Each sample with its image replaced by its true caption as text: the teacher's batch."""
-    twins = []
-    for s in samples:
-        if s.scene is None:
-            raise ConfigError("handoff_weight needs samples generated from scenes (their captions)")
-        (who, text), *rest = s.turns
-        twins.append(
-            dataclasses.replace(s, image=None, turns=[(who, text.replace(IMAGE, scene_text(caption(s.scene)))), *rest])
-        )
-    batch = Collator(tok, 0)(twins)
+    if any(s.scene is None for s in samples):
+        raise ConfigError("handoff_weight needs samples generated from scenes (their captions)")
+    batch = Collator(tok, 0)([as_text(s, caption(s.scene)) for s in samples])
     return {"handoff_ids": batch["input_ids"], "handoff_mask": batch["attention_mask"]}
 
 
