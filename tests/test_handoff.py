@@ -42,6 +42,28 @@ def test_the_loss_compares_the_suffixes_whatever_comes_before(rows):
     assert handoff.loss(student, teacher, (ms, mt), suffix).item() > 0
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(1, 4), st.integers(0, 5)), min_size=1, max_size=4))
+def test_the_batched_loss_is_the_sum_of_each_rows_relative_error(rows):
+    """Against the definition written row by row: mean over (layers, suffix positions) of the squared
+    error over the mean squared teacher state, summed over rows (random states, shifted teacher)."""
+    d, layers = 3, 2
+    width_s = max(p + n + pad for p, n, pad in rows)
+    width_t = max(p + n + pad for p, n, pad in rows) + 3
+    student = [torch.randn(len(rows), width_s, d) for _ in range(layers)]
+    teacher = [torch.randn(len(rows), width_t, d) for _ in range(layers)]
+    ms, mt = torch.zeros(len(rows), width_s), torch.zeros(len(rows), width_t)
+    want = 0.0
+    for r, (p, n, pad) in enumerate(rows):
+        shift = pad % 4  # the teacher's prefix may be longer
+        ms[r, : p + n], mt[r, : p + shift + n] = 1, 1
+        s = torch.stack([h[r, p : p + n] for h in student])
+        t = torch.stack([h[r, p + shift : p + shift + n] for h in teacher])
+        want += ((s - t).pow(2).sum(-1).mean() / t.pow(2).sum(-1).mean()).item()
+    suffix = torch.tensor([n for _, n, _ in rows])
+    assert handoff.loss(student, teacher, (ms, mt), suffix).item() == pytest.approx(want, rel=1e-5)
+
+
 def test_the_teacher_reads_the_caption_where_the_student_sees_the_image():
     from lab.data import SceneTasks, caption
 

@@ -68,12 +68,20 @@ def layer_states(llm, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.T
 
 
 def loss(student: list[torch.Tensor], teacher: list[torch.Tensor], masks, suffix: torch.Tensor) -> torch.Tensor:
-    """Σ over rows of the relative squared error on the rows' last `suffix` real positions."""
-    ends = [m.sum(1) for m in masks]
-    total = student[0].new_zeros(())
-    for r in range(student[0].shape[0]):
-        n = int(suffix[r])
-        s = torch.stack([h[r, int(ends[0][r]) - n : int(ends[0][r])] for h in student]).float()
-        t = torch.stack([h[r, int(ends[1][r]) - n : int(ends[1][r])] for h in teacher]).float()
-        total = total + (s - t).pow(2).sum(-1).mean() / t.pow(2).sum(-1).mean()
-    return total
+    """Σ over rows of the relative squared error on the rows' last `suffix` real positions.
+
+    Per row the mean over (layers, positions) of ||h_image − h_text||² over that of ||h_text||²: the
+    two means share their count, so it is the ratio of the sums. One gather for the whole batch."""
+    m = max(int(suffix.max()), 1)
+    offsets = torch.arange(m, device=suffix.device) - m  # -m .. -1: the last m positions of a row
+    valid = (offsets[None] >= -suffix[:, None]).float()  # b m: a row's own suffix only
+
+    def last(states: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        pos = (mask.sum(1, keepdim=True).long() + offsets[None]).clamp(min=0)  # b m
+        h = torch.stack(states).float()  # L b t d
+        return h.gather(2, pos[None, :, :, None].expand(h.shape[0], -1, -1, h.shape[-1]))
+
+    s, t = last(student, masks[0]), last(teacher, masks[1])
+    err = ((s - t).pow(2).sum(-1) * valid).sum((0, 2))
+    norm = (t.pow(2).sum(-1) * valid).sum((0, 2))
+    return (err / norm).sum()
