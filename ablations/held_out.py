@@ -35,12 +35,14 @@ from ablations.runner import PROTOCOL, ROOT, Runner, Variant, _key, cli, git_com
 from lab.data.tasks import HELD_OUT
 
 RECIPE = ("stage1", "qformer_no_stage1")  # (comparison, variant): its recipe, unchanged
-# The second arm: the same recipe with hand-off distillation in instruction tuning (`lab.train.handoff`).
-# Weight chosen on val (300 questions per family, LMs of an earlier session; HISTORY.md, stop 27): through the
-# seed-0 LM, compare_count from the image 0.71 without, 0.73 / 0.82 / 0.93 at weight 1 / 10 / 100; through the
-# seed-1 LM, 0.55 without, 0.56 / 0.57 at 10 / 100.
+# The arms: hand-off distillation (`lab.train.handoff`) per stage of the recipe, by name. Weight chosen on
+# val (300 questions per family, LMs of an earlier session; HISTORY.md, stop 27): through the seed-0 LM,
+# compare_count from the image 0.71 without, 0.73 / 0.82 / 0.93 at weight 1 / 10 / 100; through the seed-1
+# LM, 0.55 without, 0.56 / 0.57 at 10 / 100. Tried on val through this sweep's LMs and not adopted (HISTORY.md,
+# stop 28): weight 300, and distilling in stage 2 (captions) as well: {"stage2": HANDOFF, "instruct": HANDOFF}.
 HANDOFF = 100.0
-ARMS = (0.0, HANDOFF)
+ARMS: dict[str, dict[str, float]] = {"plain": {}, "handoff": {"instruct": HANDOFF}}
+GAP_SAMPLES = 128  # test samples per family for the hand-off gap (`lab.eval.handoff_gap`)
 WAYS = {"direct": "from the image (soft tokens)", "words": "through its caption", "caption": "from the true caption"}
 
 
@@ -51,36 +53,37 @@ class Sweep(Runner):
     def stage0_dir(self, seed: int) -> Path:
         return self.work / "stage0" / f"seed{seed}"
 
-    def variant(self, handoff: float = 0.0) -> Variant:
-        """The recipe; with `handoff`, its instruction tuning adds hand-off distillation at that weight."""
+    def variant(self, arm: str = "plain") -> Variant:
+        """The recipe; an arm's stages add hand-off distillation at their weight."""
         from ablations import stage1
 
         v = next(v for v in stage1.variants(self.args.quick) if v.name == RECIPE[1])
-        if handoff:
-            over = {"handoff_weight": handoff}
-            v.recipe = [
-                dataclasses.replace(s, overrides={**s.overrides, **over}) if s.stage == "instruct" else s
-                for s in v.recipe
-            ]
+        weights = ARMS[arm]
+        v.recipe = [
+            dataclasses.replace(s, overrides={**s.overrides, "handoff_weight": weights[s.stage]})
+            if s.stage in weights
+            else s
+            for s in v.recipe
+        ]
         return v
 
-    def key(self, lm: int, handoff: float = 0.0) -> str:
+    def key(self, lm: int, arm: str = "plain") -> str:
         parts = [self.stage0_key(0, "vision"), self.stage0_key(lm, "lm")]
-        return _key([PROTOCOL, "held_out", parts, self.plan(self.variant(handoff), 0), self.budget.per_family])
+        return _key([PROTOCOL, "held_out", parts, self.plan(self.variant(arm), 0), self.budget.per_family])
 
-    def lm_job(self, lm: int, handoff: float = 0.0) -> dict:
-        """The recipe (seed 0) on the LM of seed `lm`, scored on test: the ledger record."""
+    def lm_job(self, lm: int, arm: str = "plain") -> dict:
+        """The recipe (seed 0, one arm) on the LM of seed `lm`, scored on test: the ledger record."""
         import torch
 
         import lab
-        from lab.data import SceneDataConfig, load_tokenizer
-        from lab.eval import evaluate_scenes
+        from lab.data import SceneDataConfig, SceneTasks, load_tokenizer
+        from lab.eval import evaluate_scenes, handoff_gap
         from lab.rundir import RunDir
 
         t0 = time.perf_counter()
         stage0 = {"vision": self.stage0_dir(0) / "vision", "lm": self.stage0_dir(lm) / "lm"}
-        folder = self.work / f"lm{lm}_handoff{handoff:g}"
-        v = self.variant(handoff)
+        folder = self.work / f"lm{lm}_{arm}"
+        v = self.variant(arm)
         outputs, _ = self.train_recipe(v, 0, folder, stage0)
         final = outputs[v.recipe[-1].stage]
         model, tok = lab.load_pretrained(final).to(self.args.device), load_tokenizer(final)
@@ -88,15 +91,22 @@ class Sweep(Runner):
         torch.manual_seed(0)
         n = self.budget.per_family
         res = evaluate_scenes(model, tok, data, per_family=n, split="test", caption_samples=64, words=True)
+        gap = {  # the hand-off gap per family, held-out ones included: does a fit on held-in carry over?
+            f: handoff_gap(model, tok, [SceneTasks(data.replace(families=[f]), "test")[i] for i in range(GAP_SAMPLES)])
+            for f in (*data.families, *HELD_OUT)
+        }
         rec = {
             "kind": "held_out",
             "lm_seed": lm,
-            "handoff_weight": handoff,
+            "arm": arm,
+            "handoff_weight": ARMS[arm].get("instruct", 0.0),
+            "handoff_stage2": ARMS[arm].get("stage2", 0.0),
             "held_in_acc": res["held_in_acc"],
             "direct": res["acc_ranked"],
             "words": res["acc_words"],
             "caption": res["acc_from_caption"],
             "caption_slot_recall": res["caption_slot_recall"],
+            "handoff_gap": gap,
             "per_family": n,
             "stage0_weights": {part: weights_digest(path) for part, path in stage0.items()},
             "wall_s": time.perf_counter() - t0,
@@ -104,23 +114,21 @@ class Sweep(Runner):
         shutil.rmtree(folder, ignore_errors=True)  # scratch: the record is the result
         return rec
 
-    def run(self, lms: int) -> dict[float, list[dict]]:
+    def run(self, lms: int) -> dict[str, list[dict]]:
         """Every (LM, arm) the ledger lacks: stage 0 first (the ViT, then the LMs), then the recipes.
-        Returns each arm's records (hand-off weight -> one record per LM)."""
+        Returns each arm's records (arm -> one record per LM)."""
         ledger = Ledger(self.out / "jobs.jsonl")
-        keys = {(lm, w): self.key(lm, w) for w in ARMS for lm in range(lms)}
+        keys = {(lm, arm): self.key(lm, arm) for arm in ARMS for lm in range(lms)}
         todo = [job for job, key in keys.items() if key not in ledger]
         with open_pool(self.args.workers) as pool:
             if todo:
                 lm_parts = [(self, "stage0", (lm, "lm")) for lm in sorted({lm for lm, _ in todo})]
                 list(pool.map(call, [(self, "stage0", (0, "vision")), *lm_parts]))
             for rec in finished(pool, call, [(self, "lm_job", job) for job in todo]):
-                ledger.add({**rec, "fingerprint": keys[rec["lm_seed"], rec["handoff_weight"]]})
-                print(
-                    f"held-out: LM {rec['lm_seed']}, hand-off {rec['handoff_weight']:g}: {rec['wall_s']:.0f} s",
-                    flush=True,
-                )
-        return {w: [{"handoff_weight": w, **ledger[keys[lm, w]]} for lm in range(lms)] for w in ARMS}
+                ledger.add({**rec, "fingerprint": keys[rec["lm_seed"], rec["arm"]]})
+                print(f"held-out: LM {rec['lm_seed']}, arm {rec['arm']}: {rec['wall_s']:.0f} s", flush=True)
+        # records of the first two arms predate the arm's name in the record: the key finds them
+        return {arm: [{**ledger[keys[lm, arm]], "arm": arm} for lm in range(lms)] for arm in ARMS}
 
 
 def mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -150,14 +158,30 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def gap_table(arms: dict[str, list[dict]]) -> str:
+    """The hand-off gap at the LLM's last layer (`lab.eval.handoff_gap`) per LM and arm: the mean over the
+    held-in families beside each held-out one, with held-out accuracy from the image. Records from before
+    the gap was measured are left out; empty when none has it."""
+    cols = ["gap, held-in mean", *(f"gap, {f}" for f in HELD_OUT), "held-out direct"]
+    lines = ["| arm | stage-0 LM | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    for arm, records in arms.items():
+        for r in records:
+            gap = r.get("handoff_gap")
+            if not gap:
+                continue
+            held_in = [g[-1] for f, g in gap.items() if f not in HELD_OUT]
+            row = [sum(held_in) / len(held_in), *(gap[f][-1] for f in HELD_OUT), held_out(r, "direct")]
+            lines.append(f"| {arm} | seed {r['lm_seed']} | " + " | ".join(f"{x:.3f}" for x in row) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def summary(records: list[dict]) -> dict:
     return {w: mean_sd([held_out(r, w) for r in records]) for w in WAYS}
 
 
-def paired(arms: dict[float, list[dict]]) -> dict:
-    """Hand-off distillation minus the plain recipe, LM by LM: mean and standard error of the
-    difference in held-in and in held-out from the image (direct)."""
-    base, tried = arms[0.0], arms[HANDOFF]
+def paired(base: list[dict], tried: list[dict]) -> dict:
+    """An arm minus the plain recipe, LM by LM: mean and standard error of the difference in held-in
+    and in held-out from the image (direct)."""
     out = {}
     for name, get in (("held_in", lambda r: r["held_in_acc"]), ("held_out_direct", lambda r: held_out(r, "direct"))):
         m, sd = mean_sd([get(b) - get(t) for b, t in zip(tried, base, strict=True)])
@@ -180,27 +204,33 @@ def main(argv: list[str] | None = None) -> int:
         args.out = str(results / ("quick" if args.quick else "") / "held_out")
     sweep = Sweep(args)
     arms = sweep.run(lms)
-    records = arms[0.0]
+    records = arms["plain"]
+    tried = {
+        arm: {
+            "stages": ARMS[arm],
+            "weight": ARMS[arm]["instruct"],
+            "records": arms[arm],
+            "summary": summary(arms[arm]),
+            "paired": paired(records, arms[arm]),
+        }
+        for arm in ARMS
+        if arm != "plain"
+    }
     result = {
+        "gap_table": gap_table(arms),
         "recipe": "/".join(RECIPE),
         "lms": lms,
         "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
         "records": records,
         "summary": summary(records),
-        "handoff": {
-            "weight": HANDOFF,
-            "records": arms[HANDOFF],
-            "summary": summary(arms[HANDOFF]),
-            "paired": paired(arms),
-        },
+        **tried,  # "handoff"
         "wall_s": sum(r["wall_s"] for rs in arms.values() for r in rs),
         "git_commit": git_commit(),
     }
     (sweep.out / "results.json").write_text(json.dumps(result, indent=2))
-    text = (
-        table(records)
-        + f"\nWith hand-off distillation (weight {HANDOFF:g}) in instruction tuning:\n\n"
-        + table(arms[HANDOFF])
+    text = table(records) + "".join(
+        f"\nWith hand-off distillation (weight {HANDOFF:g}) in {' and '.join(ARMS[arm])}:\n\n" + table(arms[arm])
+        for arm in tried
     )
     (sweep.out / "table.md").write_text(text)
     print(text, flush=True)

@@ -400,41 +400,61 @@ def report(
 
 def held_out_section(folder: Path) -> list[str]:
     """The held-out sweep over stage-0 LMs (`ablations.held_out`), when it has run into `folder`."""
-    from ablations.held_out import WAYS, table
+    from ablations.held_out import ARMS, WAYS, table
 
     f = folder / "results.json"
     if not f.exists():
         return []
     res = json.loads(f.read_text())
     got = "; ".join(f"{WAYS[w]} **{m:.3f} ± {sd:.3f}**" for w, (m, sd) in res["summary"].items())
-    return [
-        f"### Held-out over {res['lms']} stage-0 LMs",
-        "",
-        f"`python -m ablations.held_out` (commit `{res['git_commit'][:10]}`, {res['wall_s'] / 60:.0f} min of jobs "
-        f"plus stage 0): the recipe of `{res['recipe']}` on {res['lms']} LMs (seeds 0..{res['lms'] - 1}, each "
-        "beside the seed-0 ViT), each model's held-out answers (test split, ranked) read three ways: from the "
-        "image's soft tokens (the suite's score); through its own caption (the model describes the image, its "
-        "LLM answers from that text, `lab.eval.through_words`); and its LLM from the true caption. Held-out, "
-        f"mean ± s.d. over LMs: {got}.",
-        "",
-        table(res["records"]),
-    ] + handoff_lines(res.get("handoff"))
+    return (
+        [
+            f"### Held-out over {res['lms']} stage-0 LMs",
+            "",
+            f"`python -m ablations.held_out` (commit `{res['git_commit'][:10]}`, {res['wall_s'] / 60:.0f} min of jobs "
+            f"plus stage 0): the recipe of `{res['recipe']}` on {res['lms']} LMs (seeds 0..{res['lms'] - 1}, each "
+            "beside the seed-0 ViT), each model's held-out answers (test split, ranked) read three ways: from the "
+            "image's soft tokens (the suite's score); through its own caption (the model describes the image, its "
+            "LLM answers from that text, `lab.eval.through_words`); and its LLM from the true caption. Held-out, "
+            f"mean ± s.d. over LMs: {got}.",
+            "",
+            table(res["records"]),
+        ]
+        + [line for arm in ARMS if arm != "plain" for line in handoff_lines(res.get(arm))]
+        + gap_lines(res)
+    )
 
 
 def handoff_lines(arm: dict | None) -> list[str]:
-    """The sweep's second arm: the same recipe with hand-off distillation (`lab.train.handoff`)."""
+    """One of the sweep's hand-off arms: the same recipe with hand-off distillation (`lab.train.handoff`)."""
     from ablations.held_out import table
 
     if not arm:
         return []
+    stages = arm.get("stages", {"instruct": arm["weight"]})  # records of stop 27 predate `stages`
+    where = " and ".join({"stage2": "stage 2", "instruct": "instruction tuning"}[s] for s in stages)
     (di, si), (do, so) = arm["paired"]["held_in"], arm["paired"]["held_out_direct"]
     return [
-        f"With hand-off distillation in instruction tuning (`handoff_weight={arm['weight']:g}`: the frozen LLM's "
-        "states after the image matched to its own after the true caption, held-in samples only), the same LMs. "
+        f"With hand-off distillation in {where} (`handoff_weight={arm['weight']:g}`: the frozen LLM's "
+        "states after the image matched to its own after the true caption, training samples only, so no held-out "
+        "question), the same LMs. "
         f"Paired over LMs (with minus without, mean ± s.e.): held-in {di:+.3f} ± {si:.3f}, held-out from the image "
         f"{do:+.3f} ± {so:.3f}.",
         "",
         table(arm["records"]),
+    ]
+
+
+def gap_lines(res: dict) -> list[str]:
+    """The sweep's hand-off gap table (`ablations.held_out.gap_table`), when its records measured it."""
+    if not res.get("gap_table"):
+        return []
+    return [
+        "The hand-off gap (`lab.eval.handoff_gap`: the relative distance of the frozen LLM's last-layer states "
+        "after the image from its own after the true caption, 128 test samples per family). Distillation fits it on "
+        "held-in questions; on a held-out family it says whether that fit carried over.",
+        "",
+        res["gap_table"],
     ]
 
 

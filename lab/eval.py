@@ -117,6 +117,28 @@ def through_words(
     return rank(model, tok, texts, candidates, Collator(tok, 0)), said
 
 
+@torch.no_grad()
+def handoff_gap(model: VisionLanguageModel, tok, samples, collator=None) -> list[float]:
+    """Per decoder layer of the LLM, the mean over `samples` of the hand-off distillation's relative error
+    (`lab.train.handoff.loss`): how far the frozen LLM's states on what follows the image are from its own
+    states when the image is replaced by the true caption as text. Samples of one question family.
+
+    Why: distillation fits this gap on held-in questions only. Measured on a held-out family, it says
+    whether the fit carried over to a question form the connector never trained on; in the held-out
+    sweep, the models whose compare_count gap stayed at their held-in level are those that transfer."""
+    from lab.train import handoff
+
+    batch = (collator or collator_for(model, tok))(samples)
+    twins = handoff.text_twins(samples, tok)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    visual = model.visual_embeddings(batch["pixel_values"], batch.get("instruction_ids"), batch.get("instruction_mask"))
+    _, student = handoff.layer_states(model.llm, model.input_embeddings(ids, visual), mask)
+    _, teacher = handoff.layer_states(model.llm, model.llm.embed(twins["handoff_ids"]), twins["handoff_mask"])
+    suffix = handoff.suffix_lengths(ids, mask, model.cfg.image_token_id)
+    masks = (mask, twins["handoff_mask"])
+    return [handoff.loss([s], [t], masks, suffix).item() / len(samples) for s, t in zip(student, teacher, strict=True)]
+
+
 def evaluate_scenes(
     model: VisionLanguageModel,
     tok,

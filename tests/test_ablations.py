@@ -321,7 +321,9 @@ def test_held_out_sweep_reads_each_lm_three_ways_and_resumes(tmp_path):
     records = res["records"]
     assert [r["lm_seed"] for r in records] == [0, 1]
     tried = res["handoff"]["records"]  # the second arm: the same LMs, hand-off distillation on
-    assert [(r["lm_seed"], r["handoff_weight"]) for r in tried] == [(0, HANDOFF), (1, HANDOFF)]
+    assert [(r["lm_seed"], r["handoff_weight"], r["handoff_stage2"]) for r in tried] == [(0, HANDOFF, 0)] + [
+        (1, HANDOFF, 0)
+    ]
     assert set(res["handoff"]["paired"]) == {"held_in", "held_out_direct"}
     assert all(0 <= r[w][f] <= 1 for r in records for w in WAYS for f in HELD_OUT)
     assert records[0]["stage0_weights"]["vision"] == records[1]["stage0_weights"]["vision"]
@@ -332,4 +334,7 @@ def test_held_out_sweep_reads_each_lm_three_ways_and_resumes(tmp_path):
             main([*argv[:2], "3", *argv[3:]])  # a third LM is not in the ledger: it trains
     text = "\n".join(held_out_section(tmp_path))
     assert "Held-out over 2 stage-0 LMs" in text and "mean ± s.d. (2 LMs)" in text
-    assert f"handoff_weight={HANDOFF:g}" in text
+    assert f"handoff_weight={HANDOFF:g}" in text and "in instruction tuning" in text
+    gaps = [r["handoff_gap"] for r in [*res["records"], *res["handoff"]["records"]]]
+    assert all(set(HELD_OUT) <= set(g) and all(x > 0 for x in g["compare_count"]) for g in gaps)
+    assert "gap, compare_count" in text

@@ -70,3 +70,20 @@ def test_through_words_asks_the_llm_what_the_text_stream_asks_it():
     assert picks == rank(model, tok, texts, ("yes", "no"), Collator(tok, 0))
     with pytest.raises(ValueError, match="without an image"):
         ev.through_words(model, tok, texts[:1], ("yes", "no"), "describe the image . <image>", 4)
+
+
+def test_handoff_gap_is_a_per_sample_mean_per_layer_whatever_the_batch():
+    """One value per LLM layer, positive for an untrained connector, and a mean over samples: two
+    halves of a batch (other paddings) average to the whole batch's gap."""
+    import lab.eval as ev
+    from lab.data import SceneDataConfig, SceneTasks
+    from lab.models import VisionLanguageModel
+    from lab.train.config import scene_model
+
+    torch.manual_seed(0)
+    model, tok = VisionLanguageModel(scene_model()).eval(), scene_tokenizer()
+    samples = [SceneTasks(SceneDataConfig(families=["color", "compare_count"]), "val")[i] for i in range(8)]
+    whole = ev.handoff_gap(model, tok, samples)
+    assert len(whole) == model.cfg.llm.num_layers and all(g > 0 for g in whole)
+    halves = [ev.handoff_gap(model, tok, samples[:4]), ev.handoff_gap(model, tok, samples[4:])]
+    assert whole == pytest.approx([(a + b) / 2 for a, b in zip(*halves, strict=True)], rel=1e-4)
