@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     tried = {
         arm: {
             "stages": ARMS[arm],
-            "weight": ARMS[arm]["instruct"],
+            "weight": ARMS[arm].get("instruct", 0.0),
             "records": arms[arm],
             "summary": summary(arms[arm]),
             "paired": paired(records, arms[arm]),

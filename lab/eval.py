@@ -124,8 +124,9 @@ def handoff_gap(model: VisionLanguageModel, tok, samples, collator=None) -> list
     states when the image is replaced by the true caption as text. Samples of one question family.
 
     Why: distillation fits this gap on held-in questions only. Measured on a held-out family, it says
-    whether the fit carried over to a question form the connector never trained on; in the held-out
-    sweep, the models whose compare_count gap stayed at their held-in level are those that transfer."""
+    whether the fit carried over to a question form the connector never trained on. Through the held-out
+    sweep's LMs (val; ablations/HISTORY.md, stop 28), the models whose compare_count gap stayed at their
+    held-in level were those that answered compare_count from the image."""
     from lab.train import handoff
 
     batch = (collator or collator_for(model, tok))(samples)

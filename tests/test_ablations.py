@@ -321,9 +321,8 @@ def test_held_out_sweep_reads_each_lm_three_ways_and_resumes(tmp_path):
     records = res["records"]
     assert [r["lm_seed"] for r in records] == [0, 1]
     tried = res["handoff"]["records"]  # the second arm: the same LMs, hand-off distillation on
-    assert [(r["lm_seed"], r["handoff_weight"], r["handoff_stage2"]) for r in tried] == [(0, HANDOFF, 0)] + [
-        (1, HANDOFF, 0)
-    ]
+    want = [(0, HANDOFF, 0.0), (1, HANDOFF, 0.0)]  # (LM, weight in instruction tuning, weight in stage 2)
+    assert [(r["lm_seed"], r["handoff_weight"], r["handoff_stage2"]) for r in tried] == want
     assert set(res["handoff"]["paired"]) == {"held_in", "held_out_direct"}
     assert all(0 <= r[w][f] <= 1 for r in records for w in WAYS for f in HELD_OUT)
     assert records[0]["stage0_weights"]["vision"] == records[1]["stage0_weights"]["vision"]
