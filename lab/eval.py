@@ -129,14 +129,8 @@ def handoff_gap(model: VisionLanguageModel, tok, samples, collator=None) -> list
     held-in level were those that answered compare_count from the image."""
     from lab.train import handoff
 
-    batch = (collator or collator_for(model, tok))(samples)
-    twins = handoff.text_twins(samples, tok)
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    visual = model.visual_embeddings(batch["pixel_values"], batch.get("instruction_ids"), batch.get("instruction_mask"))
-    _, student = handoff.layer_states(model.llm, model.input_embeddings(ids, visual), mask)
-    _, teacher = handoff.layer_states(model.llm, model.llm.embed(twins["handoff_ids"]), twins["handoff_mask"])
-    suffix = handoff.suffix_lengths(ids, mask, model.cfg.image_token_id)
-    masks = (mask, twins["handoff_mask"])
+    batch = (collator or collator_for(model, tok))(samples) | handoff.text_twins(samples, tok)
+    _, student, teacher, masks, suffix = handoff.student_and_teacher(model, batch)
     return [handoff.loss([s], [t], masks, suffix).item() / len(samples) for s, t in zip(student, teacher, strict=True)]
 
 

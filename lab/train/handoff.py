@@ -67,6 +67,20 @@ def layer_states(llm, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.T
     return logits, states
 
 
+def student_and_teacher(vlm, batch: dict) -> tuple[torch.Tensor, list, list, tuple, torch.Tensor]:
+    """One batch (with its `text_twins`) through the LLM twice: from the image (the student, with
+    gradients where the caller has them) and from the true caption (the teacher, without). Returns
+    (student logits, student states, teacher states, (student mask, teacher mask), suffix lengths):
+    what `loss` compares, for training (`Stage.forward_handoff`) and measurement (`lab.eval.handoff_gap`)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    visual = vlm.visual_embeddings(batch["pixel_values"], batch.get("instruction_ids"), batch.get("instruction_mask"))
+    logits, student = layer_states(vlm.llm, vlm.input_embeddings(ids, visual), mask)
+    with torch.no_grad():
+        _, teacher = layer_states(vlm.llm, vlm.llm.embed(batch["handoff_ids"]), batch["handoff_mask"])
+    suffix = suffix_lengths(ids, mask, vlm.cfg.image_token_id)
+    return logits, student, teacher, (mask, batch["handoff_mask"]), suffix
+
+
 def loss(student: list[torch.Tensor], teacher: list[torch.Tensor], masks, suffix: torch.Tensor) -> torch.Tensor:
     """Σ over rows of the relative squared error on the rows' last `suffix` real positions.
 

@@ -137,16 +137,8 @@ class Stage(nn.Module):
 
     def forward_handoff(self, batch: dict) -> torch.Tensor:
         """The LM loss plus `handoff_weight` × the hand-off distillation loss (`lab.train.handoff`)."""
-        vlm, ids, mask = self.vlm, batch["input_ids"], batch["attention_mask"]
-        visual = vlm.visual_embeddings(
-            batch["pixel_values"], batch.get("instruction_ids"), batch.get("instruction_mask")
-        )
-        logits, student = handoff.layer_states(vlm.llm, vlm.input_embeddings(ids, visual), mask)
-        with torch.no_grad():
-            text, text_mask = batch["handoff_ids"], batch["handoff_mask"]
-            _, teacher = handoff.layer_states(vlm.llm, vlm.llm.embed(text), text_mask)
-        suffix = handoff.suffix_lengths(ids, mask, vlm.cfg.image_token_id)
-        extra = handoff.loss(student, teacher, (mask, text_mask), suffix)
+        logits, student, teacher, masks, suffix = handoff.student_and_teacher(self.vlm, batch)
+        extra = handoff.loss(student, teacher, masks, suffix)
         return lm_loss_sum(logits, batch["labels"]) + self.cfg.handoff_weight * extra
 
 
