@@ -32,15 +32,13 @@ from pathlib import Path
 from ablations.ledger import Ledger, weights_digest
 from ablations.pool import call, finished, open_pool
 from ablations.runner import PROTOCOL, ROOT, Runner, Variant, _key, cli, git_commit
+from ablations.stage1 import HANDOFF
 from lab.data.tasks import HELD_OUT
 
 RECIPE = ("stage1", "qformer_no_stage1")  # (comparison, variant): its recipe, unchanged
-# The arms: hand-off distillation (`lab.train.handoff`) per stage of the recipe, by name. Weight chosen on
-# val (300 questions per family, LMs of an earlier session; HISTORY.md, stop 27): through the seed-0 LM,
-# compare_count from the image 0.71 without, 0.73 / 0.82 / 0.93 at weight 1 / 10 / 100; through the seed-1
-# LM, 0.55 without, 0.56 / 0.57 at 10 / 100. Tried on val through this sweep's LMs and not adopted (HISTORY.md,
-# stop 28): weight 300, and distilling in stage 2 (captions) as well: {"stage2": HANDOFF, "instruct": HANDOFF}.
-HANDOFF = 100.0
+# The arms: hand-off distillation (`lab.train.handoff`) per stage of the recipe, by name, at the suite's
+# weight (`ablations.stage1.HANDOFF`, chosen on val). Tried on val through this sweep's LMs and not adopted
+# (HISTORY.md, stop 28): weight 300, and distilling in stage 2 (captions) as well: {"stage2": HANDOFF, ...}.
 ARMS: dict[str, dict[str, float]] = {"plain": {}, "handoff": {"instruct": HANDOFF}}
 GAP_SAMPLES = 128  # test samples per family for the hand-off gap (`lab.eval.handoff_gap`)
 WAYS = {"direct": "from the image (soft tokens)", "words": "through its caption", "caption": "from the true caption"}

@@ -139,6 +139,7 @@ def cli(description: str, argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--stage0-per-seed", action="store_true", help="pretrain a ViT and an LM for every seed")
     p.add_argument("--smoke", action="store_true", help="a few steps of everything: checks the plumbing, not models")
+    p.add_argument("--first", help="train this comparison's jobs before the others' (the report's order is kept)")
     return p.parse_args(argv)
 
 
@@ -313,6 +314,30 @@ class Runner:
             res |= {"wall_s": 0.0, "train_s": 0.0, "same_as": f"{trained_by[0]}/{trained_by[1].name}/seed{seed}"}
         return res
 
+    def fresh_records(self, ledger: Ledger, seeds: list[int]):
+        """`fresh(key)`: the ledger holds `key`, trained from the stage-0 weights now on disk. Every
+        job of a suite must start from one stage 0, and a job's key names stage 0's config, not its
+        weights: stage 0 retrained on another machine is another model. With no stage 0 on disk (a
+        clone whose suite is finished) every record stands, and the reports rebuild without training."""
+        disk: dict[int, dict[str, str]] = {}
+        for s in seeds:
+            root = self.stage0_dir(s)
+            disk[s] = {
+                p: weights_digest(root / p) for p in self.budget.stage0_steps if _done(root / p, self.stage0_key(s, p))
+            }
+
+        def fresh(key: str) -> bool:
+            if key not in ledger:
+                return False
+            rec = ledger[key]
+            now = disk.get(rec.get("stage0_seed", 0), {})
+            used = rec.get("stage0_weights")
+            if not now:
+                return True
+            return used is not None and all(now.get(p, d) == d for p, d in used.items())
+
+        return fresh
+
     def stage0_text(self, seed: int) -> dict:
         """A stage-0 LM answering from the true caption as text (cheap; every stage-0 seed): the
         frozen-LLM variants trained on it track it family by family."""
@@ -360,23 +385,37 @@ class Runner:
         clock = SuiteClock(self.out / "suite.json", _key(sorted(keys)), len(jobs), self.args)
         first: dict[str, int] = {}  # fingerprint -> index of the job that trains it
         same = [first.setdefault(k, i) for i, k in enumerate(keys)]
-        todo = {i for i in range(len(jobs)) if same[i] == i and keys[i] not in ledger}
         text_keys = {s: self.stage0_text_key(s) for s in pretrained}
         probe_key = self.stage0_probes_key(0)
-        missing_text = [s for s in pretrained if text_keys[s] not in ledger]
+
+        def missing() -> tuple[set[int], list[int], bool]:
+            """What the ledger lacks, or holds from other stage-0 weights than those on disk."""
+            fresh = self.fresh_records(ledger, pretrained)
+            todo = {i for i in range(len(jobs)) if same[i] == i and not fresh(keys[i])}
+            return todo, [s for s in pretrained if not fresh(text_keys[s])], not fresh(probe_key)
+
+        todo, missing_text, missing_probes = missing()
         with open_pool(self.args.workers) as pool:
-            if todo or missing_text or probe_key not in ledger:
+            if todo or missing_text or missing_probes:
                 parts = [(self, "stage0", (s, stage)) for s in pretrained for stage in self.budget.stage0_steps]
                 clock.reused |= any(list(pool.map(call, parts)))  # stage 0 first
+                todo, missing_text, missing_probes = missing()  # against the stage 0 now on disk
+                stale = sum(keys[i] in ledger for i in todo)
+                if stale:
+                    print(
+                        f"{stale} ledger records started from other stage-0 weights (or predate the digest); "
+                        "they retrain",
+                        flush=True,
+                    )
             for s, rec in zip(
                 missing_text, pool.map(call, [(self, "stage0_text", (s,)) for s in missing_text]), strict=True
             ):
                 ledger.add({**rec, "fingerprint": text_keys[s]})
             lm_text = {s: ledger[text_keys[s]]["acc"] for s in pretrained}
             probes = None
-            if probe_key not in ledger:
+            if missing_probes:
                 probes = pool.submit(call, (self, "stage0_probes", (0, lm_text[0])))
-            for rec in finished(pool, call, [(self, "run_variant", jobs[i]) for i in sorted(todo)]):
+            for rec in finished(pool, call, [(self, "run_variant", jobs[i]) for i in self.order(todo, jobs)]):
                 clock.tick(ledger.add(rec))  # recorded as each finishes: a stopped suite keeps them
             if probes is not None:
                 ledger.add({**probes.result(), "fingerprint": probe_key})
@@ -398,6 +437,16 @@ class Runner:
             results[c.name] = self.finish(c, mine, {**stage0, "lm_text_by_seed": lm_text}, versions)
         self.wall_s = clock.tick(None)["wall_s"]
         return results
+
+    def order(self, todo: set[int], jobs: list[tuple]) -> list[int]:
+        """The jobs to train, a comparison at a time (`--first` one leads), so that a suite stopped
+        part-way has whole comparisons finished rather than a few seeds of each."""
+        names = list(dict.fromkeys(c for c, _, _ in jobs))
+        first = getattr(self.args, "first", None)
+        if first is not None and first not in names:
+            raise SystemExit(f"--first {first}: not a comparison of this suite ({', '.join(names)})")
+        rank = {c: (c != first, names.index(c)) for c in names}
+        return sorted(todo, key=lambda i: (rank[jobs[i][0]], jobs[i][2], i))
 
     def finish(self, c: Comparison, runs: list[dict], stage0: dict, versions: dict | None = None) -> dict:
         from ablations.report import plot, summarize, table

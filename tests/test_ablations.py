@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ablations.evaluate import eval_se
 from ablations.instruction_aware import gap_closes
-from ablations.ledger import Ledger, stage0_versions
+from ablations.ledger import Ledger, stage0_versions, weights_digest
 from ablations.probe import RidgeProbe
 from ablations.report import frozen_llm_held_out, seed_lines, stage0_warning, summarize, targets
 from ablations.runner import Runner, Step, Variant, cli
@@ -142,6 +142,33 @@ def test_jobs_on_different_stage0_weights_are_flagged():
     assert "seed0/lm: 2 versions" in stage0_warning(stage0_versions([*runs, {"stage0_weights": {"lm": "b"}}]))
     assert "1 results from before" in stage0_warning(stage0_versions([*runs, {}]))
     assert stage0_warning(stage0_versions([{}, {}])) == ""  # all from before the record: nothing to compare
+
+
+def test_a_record_from_other_stage0_weights_than_those_on_disk_retrains(tmp_path):
+    """A job's key names stage 0's config; the weights it started from must be the ones on disk. With
+    no stage 0 on disk (a clone of a finished suite) every record stands: the reports rebuild."""
+    from safetensors.torch import save_file
+
+    from lab.rundir import RunDir
+
+    runner = Runner(cli("x", ["--quick", "--out", str(tmp_path)]))
+    ledger = Ledger(tmp_path / "jobs.jsonl")
+    for key, weights in (("old", None), ("same", {"lm": "?"}), ("other", {"lm": "0000"}), ("vit", {"vision": "?"})):
+        ledger.add({"fingerprint": key, **({"stage0_weights": weights} if weights else {})})
+    assert all(map(runner.fresh_records(ledger, [0]), ("old", "same", "other", "vit")))
+    assert not runner.fresh_records(ledger, [0])("absent")
+
+    lm = runner.stage0_dir(0) / "lm"  # a finished stage-0 LM appears on disk
+    lm.mkdir(parents=True)
+    save_file({"w": torch.arange(4.0)}, lm / "model.safetensors")
+    RunDir(lm).summary_file.write_text("{}")
+    (lm / "fingerprint").write_text(runner.stage0_key(0, "lm"))
+    ledger.add({"fingerprint": "same", "stage0_weights": {"lm": weights_digest(lm)}})
+    fresh = runner.fresh_records(ledger, [0])
+    assert fresh("same") and not fresh("other") and not fresh("old")
+    assert fresh("vit")  # a part not on disk has nothing to disagree with
+    (lm / "fingerprint").write_text("another config")  # not this suite's stage 0: as if absent
+    assert runner.fresh_records(ledger, [0])("other")
 
 
 def test_a_job_is_keyed_by_what_it_trains_not_by_how_its_recipe_is_spelled(tmp_path):
