@@ -171,6 +171,27 @@ def test_a_record_from_other_stage0_weights_than_those_on_disk_retrains(tmp_path
     assert runner.fresh_records(ledger, [0])("other")
 
 
+def test_the_handoff_variant_and_its_verdict_are_full_mode_only():
+    from ablations import stage1
+
+    full, quick = ([v.name for v in stage1.variants(q)] for q in (False, True))
+    assert set(full) - set(quick) == {"qformer_handoff"}
+    handoff = next(v for v in stage1.variants(False) if v.name == "qformer_handoff")
+    plain = next(v for v in stage1.variants(False) if v.name == "qformer_no_stage1")
+    # the same recipe as qformer_no_stage1 but for the distillation weight in instruction tuning
+    assert [s.overrides for s in plain.recipe] == [
+        {k: x for k, x in s.overrides.items() if k != "handoff_weight"} for s in handoff.recipe
+    ]
+    assert handoff.recipe[-1].overrides["handoff_weight"] == stage1.HANDOFF > 0
+    names = ("qformer_stage1_zero_shot", "qformer_no_stage1_zero_shot", "qformer_stage1", "qformer_no_stage1")
+    runs = _runs({n: [0.5, 0.6] for n in (*names, "mlp_aligned", "mlp_single_stage")}, "held_in_acc")
+    claim = "hand-off distillation helps a frozen LLM transfer held-out"
+    assert claim not in [v["claim"] for v in stage1.verdicts(runs)]
+    ho = _runs({"qformer_handoff": [0.72, 0.73, 0.74], "qformer_no_stage1": [0.62, 0.62, 0.63]}, "held_out_ranked_acc")
+    row = next(v for v in stage1.verdicts(runs + ho) if v["claim"] == claim)
+    assert (row["metric"], row["verdict"]) == ("held_out_ranked_acc", "reproduced")
+
+
 def test_a_job_is_keyed_by_what_it_trains_not_by_how_its_recipe_is_spelled(tmp_path):
     """The fingerprint covers each step's resolved config: spelling out a default is the same job
     (trained once), and a setting that resolves differently is another job."""
