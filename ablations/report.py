@@ -379,7 +379,9 @@ def report(
     if name:
         parts += [
             f"Best frozen-LLM held-out accuracy (relation, compare_count; answers ranked as in InstructBLIP's "
-            f"held-out protocol): **{held_out:.3f}** ({name}); target ≥ 0.70.",
+            f"held-out protocol): **{held_out:.3f}** ({name}); target ≥ 0.70. It is read through one stage-0 LM, "
+            "the suite's; which LM is drawn moves held-out more than any recipe does"
+            + (" (next section)." if (out / "held_out" / "results.json").exists() else "."),
             "",
         ]
     parts += held_out_section(out / "held_out")
