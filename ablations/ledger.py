@@ -131,3 +131,28 @@ def stage0_versions(runs: list[dict]) -> dict:
             if digest not in seen:
                 seen.append(digest)
     return versions
+
+
+def stage0_on_disk(root: Path) -> dict[str, str]:
+    """ "seed{s}/{part}" -> the weights digest of each finished stage-0 part under `root` (a suite's
+    `OUT/stage0`)."""
+    from lab.rundir import RunDir
+
+    return {
+        f"{d.parent.name}/{d.name}": weights_digest(d)
+        for d in sorted(Path(root).glob("seed*/*"))
+        if RunDir(d).summary_file.exists() and (d / "model.safetensors").exists()
+    }
+
+
+def from_stage0(record: dict, disk: dict[str, str]) -> bool:
+    """Whether `record` started from the stage-0 weights on disk (`stage0_on_disk`). Every job of a
+    suite must start from one stage 0, and a job's key names stage 0's config, not its weights: stage 0
+    retrained on another machine is another model. A record whose stage-0 seed has nothing on disk
+    stands (a clone whose stage 0 was not committed still rebuilds its reports); beside a stage 0 on
+    disk, a record without digests (older than them) does not."""
+    seed = f"seed{record.get('stage0_seed', 0)}/"
+    if not any(k.startswith(seed) for k in disk):
+        return True
+    used = record.get("stage0_weights")
+    return used is not None and all(disk.get(seed + part, h) == h for part, h in used.items())

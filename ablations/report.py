@@ -286,23 +286,39 @@ def partial(out: Path, title: str) -> list[str]:
     """A table of whatever jobs a stopped run finished (one row per job in its ledger), for a run
     that could not complete; it says how many there are, and nothing is averaged or picked."""
     rows = []
-    jobs = sorted(Ledger(out / "jobs.jsonl").of_kind("job"), key=lambda r: (r["comparison"], r["variant"], r["seed"]))
+    every = Ledger(out / "jobs.jsonl").of_kind("job")
+    jobs = sorted(on_stage0(out, every), key=lambda r: (r["comparison"], r["variant"], r["seed"]))
     for r in jobs:
         m = r["metrics"]
         fam = " | ".join(f"{m.get(f'acc_{k}', float('nan')):.2f}" for k in QA_FAMILIES)
         rows.append(
             f"| {r['comparison']} | {r['variant']} | {r['seed']} | {m['held_in_acc']:.3f} | {m['held_out_acc']:.3f} | "
-            f"{fam} | {r['train_s']:.0f} |"
+            f"{m.get('held_out_ranked_acc', float('nan')):.3f} | {fam} | {r['train_s']:.0f} |"
         )
+    other = (
+        f" ({len(every) - len(jobs)} more started from other stage-0 weights and are left out)"
+        if len(jobs) < len(every)
+        else ""
+    )
     head = [
         f"## {title}",
         "",
-        f"{len(rows)} finished jobs.",
+        f"{len(rows)} finished jobs{other}.",
         "",
-        "| comparison | variant | seed | held_in_acc | held_out_acc | " + " | ".join(QA_FAMILIES) + " | train s |",
-        "|" + "---|" * (6 + len(QA_FAMILIES)),
+        "| comparison | variant | seed | held_in_acc | held_out_acc | held_out_ranked_acc | "
+        + " | ".join(QA_FAMILIES)
+        + " | train s |",
+        "|" + "---|" * (7 + len(QA_FAMILIES)),
     ]
     return head + rows + [""]
+
+
+def on_stage0(out: Path, records: list[dict]) -> list[dict]:
+    """The records that started from the stage 0 in `out/stage0` (`ablations.ledger.from_stage0`)."""
+    from ablations.ledger import from_stage0, stage0_on_disk
+
+    disk = stage0_on_disk(out / "stage0")
+    return [r for r in records if from_stage0(r, disk)]
 
 
 def stage0_warning(versions: dict) -> str:
@@ -462,8 +478,9 @@ def gap_lines(res: dict) -> list[str]:
 
 def partial_probes(out: Path) -> list[str]:
     ledger = Ledger(out / "jobs.jsonl")
-    stage0 = (ledger.of_kind("stage0_probes") or [{}])[-1]
-    variants = {f"{r['comparison']}/{r['variant']}": r["probe"] for r in ledger.of_kind("job") if r.get("probe")}
+    stage0 = (on_stage0(out, ledger.of_kind("stage0_probes")) or [{}])[-1]
+    jobs = on_stage0(out, ledger.of_kind("job"))
+    variants = {f"{r['comparison']}/{r['variant']}": r["probe"] for r in jobs if r.get("probe")}
     return ["### Probes of the finished jobs", "", *probe_lines(stage0, variants)]
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ablations.evaluate import evaluate, retrieval
-from ablations.ledger import Ledger, SuiteClock, stage0_versions, weights_digest
+from ablations.ledger import Ledger, SuiteClock, from_stage0, stage0_on_disk, stage0_versions, weights_digest
 from ablations.pool import call, finished, open_pool
 from lab.rundir import RunDir
 
@@ -314,29 +314,11 @@ class Runner:
             res |= {"wall_s": 0.0, "train_s": 0.0, "same_as": f"{trained_by[0]}/{trained_by[1].name}/seed{seed}"}
         return res
 
-    def fresh_records(self, ledger: Ledger, seeds: list[int]):
-        """`fresh(key)`: the ledger holds `key`, trained from the stage-0 weights now on disk. Every
-        job of a suite must start from one stage 0, and a job's key names stage 0's config, not its
-        weights: stage 0 retrained on another machine is another model. With no stage 0 on disk (a
-        clone whose suite is finished) every record stands, and the reports rebuild without training."""
-        disk: dict[int, dict[str, str]] = {}
-        for s in seeds:
-            root = self.stage0_dir(s)
-            disk[s] = {
-                p: weights_digest(root / p) for p in self.budget.stage0_steps if _done(root / p, self.stage0_key(s, p))
-            }
-
-        def fresh(key: str) -> bool:
-            if key not in ledger:
-                return False
-            rec = ledger[key]
-            now = disk.get(rec.get("stage0_seed", 0), {})
-            used = rec.get("stage0_weights")
-            if not now:
-                return True
-            return used is not None and all(now.get(p, d) == d for p, d in used.items())
-
-        return fresh
+    def fresh_records(self, ledger: Ledger):
+        """`fresh(key)`: the ledger holds `key`, and it started from the stage-0 weights now on disk
+        (`ablations.ledger.from_stage0`)."""
+        disk = stage0_on_disk(self.stage0_dir(0).parent)
+        return lambda key: key in ledger and from_stage0(ledger[key], disk)
 
     def stage0_text(self, seed: int) -> dict:
         """A stage-0 LM answering from the true caption as text (cheap; every stage-0 seed): the
@@ -390,7 +372,7 @@ class Runner:
 
         def missing() -> tuple[set[int], list[int], bool]:
             """What the ledger lacks, or holds from other stage-0 weights than those on disk."""
-            fresh = self.fresh_records(ledger, pretrained)
+            fresh = self.fresh_records(ledger)
             todo = {i for i in range(len(jobs)) if same[i] == i and not fresh(keys[i])}
             return todo, [s for s in pretrained if not fresh(text_keys[s])], not fresh(probe_key)
 
@@ -417,6 +399,9 @@ class Runner:
                 probes = pool.submit(call, (self, "stage0_probes", (0, lm_text[0])))
             for rec in finished(pool, call, [(self, "run_variant", jobs[i]) for i in self.order(todo, jobs)]):
                 clock.tick(ledger.add(rec))  # recorded as each finishes: a stopped suite keeps them
+                if probes is not None and probes.done():  # the stage-0 probes likewise
+                    ledger.add({**probes.result(), "fingerprint": probe_key})
+                    probes = None
             if probes is not None:
                 ledger.add({**probes.result(), "fingerprint": probe_key})
         runs = []

@@ -106,13 +106,13 @@ def test_the_ledger_survives_a_write_cut_short_and_names_a_bad_line(tmp_path, ca
 def test_a_stopped_runs_jobs_are_tabled_from_its_ledger(tmp_path, capsys):
     from ablations.report import main
 
-    metrics = {"held_in_acc": 0.75, "held_out_acc": 0.5, "acc_color": 0.9}
+    metrics = {"held_in_acc": 0.75, "held_out_acc": 0.5, "held_out_ranked_acc": 0.6, "acc_color": 0.9}
     job = {"kind": "job", "comparison": "c", "variant": "v", "seed": 1, "metrics": metrics, "train_s": 12.0}
     Ledger(tmp_path / "jobs.jsonl").add({**job, "fingerprint": "k"})
     with mock.patch("sys.argv", ["report", str(tmp_path)]):
         main()
     out = capsys.readouterr().out
-    assert "1 finished jobs." in out and "| c | v | 1 | 0.750 | 0.500 | 0.90 |" in out
+    assert "1 finished jobs." in out and "| c | v | 1 | 0.750 | 0.500 | 0.600 | 0.90 |" in out
 
 
 def _half(x):
@@ -149,26 +149,29 @@ def test_a_record_from_other_stage0_weights_than_those_on_disk_retrains(tmp_path
     no stage 0 on disk (a clone of a finished suite) every record stands: the reports rebuild."""
     from safetensors.torch import save_file
 
+    from ablations.report import on_stage0
     from lab.rundir import RunDir
 
     runner = Runner(cli("x", ["--quick", "--out", str(tmp_path)]))
     ledger = Ledger(tmp_path / "jobs.jsonl")
     for key, weights in (("old", None), ("same", {"lm": "?"}), ("other", {"lm": "0000"}), ("vit", {"vision": "?"})):
-        ledger.add({"fingerprint": key, **({"stage0_weights": weights} if weights else {})})
-    assert all(map(runner.fresh_records(ledger, [0]), ("old", "same", "other", "vit")))
-    assert not runner.fresh_records(ledger, [0])("absent")
+        ledger.add({"fingerprint": key, "kind": "job", **({"stage0_weights": weights} if weights else {})})
+    ledger.add({"fingerprint": "seed1", "stage0_seed": 1, "stage0_weights": {"lm": "0000"}})
+    assert all(map(runner.fresh_records(ledger), ("old", "same", "other", "vit")))
+    assert not runner.fresh_records(ledger)("absent")
 
     lm = runner.stage0_dir(0) / "lm"  # a finished stage-0 LM appears on disk
     lm.mkdir(parents=True)
     save_file({"w": torch.arange(4.0)}, lm / "model.safetensors")
     RunDir(lm).summary_file.write_text("{}")
-    (lm / "fingerprint").write_text(runner.stage0_key(0, "lm"))
-    ledger.add({"fingerprint": "same", "stage0_weights": {"lm": weights_digest(lm)}})
-    fresh = runner.fresh_records(ledger, [0])
+    ledger.add({"fingerprint": "same", "kind": "job", "stage0_weights": {"lm": weights_digest(lm)}})
+    fresh = runner.fresh_records(ledger)
     assert fresh("same") and not fresh("other") and not fresh("old")
     assert fresh("vit")  # a part not on disk has nothing to disagree with
-    (lm / "fingerprint").write_text("another config")  # not this suite's stage 0: as if absent
-    assert runner.fresh_records(ledger, [0])("other")
+    assert fresh("seed1")  # nor has a stage-0 seed with nothing on disk
+    assert [r["fingerprint"] for r in on_stage0(tmp_path, ledger.of_kind("job"))] == ["same", "vit"]
+    RunDir(lm).summary_file.unlink()  # an unfinished stage 0 is not the one jobs start from
+    assert runner.fresh_records(ledger)("other")
 
 
 def test_the_handoff_variant_and_its_verdict_are_full_mode_only():
