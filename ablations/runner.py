@@ -397,7 +397,7 @@ class Runner:
             probes = None
             if missing_probes:
                 probes = pool.submit(call, (self, "stage0_probes", (0, lm_text[0])))
-            for rec in finished(pool, call, [(self, "run_variant", jobs[i]) for i in self.order(todo, jobs)]):
+            for rec in finished(pool, call, [(self, "run_variant", jobs[i]) for i in self.order(todo, jobs, keys)]):
                 clock.tick(ledger.add(rec))  # recorded as each finishes: a stopped suite keeps them
                 if probes is not None and probes.done():  # the stage-0 probes likewise
                     ledger.add({**probes.result(), "fingerprint": probe_key})
@@ -423,15 +423,18 @@ class Runner:
         self.wall_s = clock.tick(None)["wall_s"]
         return results
 
-    def order(self, todo: set[int], jobs: list[tuple]) -> list[int]:
+    def order(self, todo: set[int], jobs: list[tuple], keys: list[str]) -> list[int]:
         """The jobs to train, a comparison at a time (`--first` one leads), so that a suite stopped
-        part-way has whole comparisons finished rather than a few seeds of each."""
+        part-way has whole comparisons finished rather than a few seeds of each. A job two comparisons
+        share (one fingerprint) goes with the earlier of the two."""
         names = list(dict.fromkeys(c for c, _, _ in jobs))
         first = getattr(self.args, "first", None)
         if first is not None and first not in names:
             raise SystemExit(f"--first {first}: not a comparison of this suite ({', '.join(names)})")
-        rank = {c: (c != first, names.index(c)) for c in names}
-        return sorted(todo, key=lambda i: (rank[jobs[i][0]], jobs[i][2], i))
+        rank: dict[str, tuple] = {}
+        for (c, _, _), k in zip(jobs, keys, strict=True):
+            rank[k] = min(rank.get(k, (True, len(names))), (c != first, names.index(c)))
+        return sorted(todo, key=lambda i: (rank[keys[i]], jobs[i][2], i))
 
     def finish(self, c: Comparison, runs: list[dict], stage0: dict, versions: dict | None = None) -> dict:
         from ablations.report import plot, summarize, table

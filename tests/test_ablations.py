@@ -174,6 +174,19 @@ def test_a_record_from_other_stage0_weights_than_those_on_disk_retrains(tmp_path
     assert runner.fresh_records(ledger)("other")
 
 
+def test_first_trains_one_comparison_and_the_jobs_it_shares_first():
+    runner = Runner(cli("x", ["--quick", "--first", "b"]))
+    v = lambda name: Variant(name, [])  # noqa: E731
+    jobs = [("a", v("x"), 0), ("a", v("shared"), 0), ("b", v("y"), 0), ("b", v("shared"), 0), ("a", v("x"), 1)]
+    keys = ["ax0", "s0", "by0", "s0", "ax1"]
+    assert runner.order({0, 1, 2, 4}, jobs, keys) == [1, 2, 0, 4]  # b's, its shared job included, then a's
+    runner.args.first = None
+    assert runner.order({0, 1, 2, 4}, jobs, keys) == [0, 1, 4, 2]  # a comparison at a time, seed by seed
+    runner.args.first = "c"
+    with pytest.raises(SystemExit, match="--first c: not a comparison"):
+        runner.order({0}, jobs, keys)
+
+
 def test_the_handoff_variant_and_its_verdict_are_full_mode_only():
     from ablations import stage1
 
