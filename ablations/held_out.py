@@ -21,7 +21,6 @@ are kept in `OUT/jobs.jsonl` (`ablations.ledger`); stage 0 and run folders are s
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import shutil
@@ -56,14 +55,7 @@ class Sweep(Runner):
         from ablations import stage1
 
         v = next(v for v in stage1.variants(self.args.quick) if v.name == RECIPE[1])
-        weights = ARMS[arm]
-        v.recipe = [
-            dataclasses.replace(s, overrides={**s.overrides, "handoff_weight": weights[s.stage]})
-            if s.stage in weights
-            else s
-            for s in v.recipe
-        ]
-        return v
+        return stage1.with_handoff(v, ARMS[arm])
 
     def key(self, lm: int, arm: str = "plain") -> str:
         parts = [self.stage0_key(0, "vision"), self.stage0_key(lm, "lm")]

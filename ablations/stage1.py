@@ -13,6 +13,8 @@ caption text would carry InstructBLIP's zero-shot transfer to held-out questions
 
 from __future__ import annotations
 
+import dataclasses
+
 from ablations.runner import MLP_CONNECTOR, Comparison, Runner, Step, Variant, cli
 from ablations.verdicts import paired
 
@@ -38,6 +40,18 @@ def variants(quick: bool) -> list[Variant]:
     # LM read the questions about captions as text in stage 0. Below the floors by design, beside
     # the same recipe instruction-tuned as its witness.
     zero_shot = "measured zero-shot, before instruction tuning"
+    no_stage1 = Variant(
+        "qformer_no_stage1",
+        [
+            Step("stage2", QF, steps=0.5),
+            Step("instruct", QF, init=("stage2",)),
+        ],
+        probe=True,
+    )
+    # Full mode only: held-out transfer is a full-mode target, the quick suite is over its time budget
+    # already, and through five stage-0 LMs it helped two and barely moved the rest (`ablations.held_out`),
+    # a question one quick seed-set cannot settle.
+    handoff = dataclasses.replace(with_handoff(no_stage1, {"instruct": HANDOFF}), name="qformer_handoff", probe=False)
     return [
         Variant(
             "qformer_stage1_zero_shot",
@@ -58,14 +72,7 @@ def variants(quick: bool) -> list[Variant]:
             ],
             probe=True,
         ),
-        Variant(
-            "qformer_no_stage1",
-            [
-                Step("stage2", QF, steps=0.5),
-                Step("instruct", QF, init=("stage2",)),
-            ],
-            probe=True,
-        ),
+        no_stage1,
         Variant(
             "mlp_aligned",
             [
@@ -74,22 +81,20 @@ def variants(quick: bool) -> list[Variant]:
             ],
         ),
         Variant("mlp_single_stage", [Step("instruct", MLP)]),
-        *([] if quick else [handoff_variant()]),
+        *([] if quick else [handoff]),
     ]
 
 
-def handoff_variant() -> Variant:
-    """`qformer_no_stage1` with hand-off distillation in instruction tuning. Full mode only: held-out
-    transfer is a full-mode target, the quick suite is over its time budget already, and through five
-    stage-0 LMs it helped two and barely moved the rest (`ablations.held_out`), a question one quick
-    seed-set cannot settle."""
-    return Variant(
-        "qformer_handoff",
-        [
-            Step("stage2", QF, steps=0.5),
-            Step("instruct", {**QF, "handoff_weight": HANDOFF}, init=("stage2",)),
-        ],
-    )
+def with_handoff(v: Variant, weights: dict[str, float]) -> Variant:
+    """`v` with hand-off distillation (`lab.train.handoff`) at `weights[stage]` in those stages of its
+    recipe: the suite's `qformer_handoff` and the held-out sweep's arms."""
+    recipe = [
+        dataclasses.replace(s, overrides={**s.overrides, "handoff_weight": weights[s.stage]})
+        if s.stage in weights
+        else s
+        for s in v.recipe
+    ]
+    return dataclasses.replace(v, recipe=recipe)
 
 
 def verdicts(runs):
