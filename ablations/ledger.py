@@ -86,6 +86,8 @@ class SuiteClock:
         self.reused = False
         self.record = {"fingerprint": key, "workers": args.workers, "device": args.device, "jobs": jobs}
         self.record |= {"invocations": (self.prev["invocations"] + 1) if self.prev else 1}
+        if self.prev and self.prev.get("lent"):  # invocations on lent machines, merged by hand (HISTORY.md)
+            self.record["lent"] = self.prev["lent"]
         self.serial, self.done, self.cached = 0.0, 0, 0
 
     def tick(self, result: dict | None, cached: bool = False) -> dict:

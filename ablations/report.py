@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from ablations.ledger import Ledger
+from ablations.provenance import devices_line, jobs_by_device, stage0_warning, timing
 from ablations.verdicts import mean_std
 from lab.data.tasks import HELD_OUT, QA_HELD_IN
 
@@ -321,37 +322,6 @@ def on_stage0(out: Path, records: list[dict]) -> list[dict]:
     return [r for r in records if from_stage0(r, disk)]
 
 
-def stage0_warning(versions: dict) -> str:
-    """A warning when the jobs did not all start from the same stage-0 weights (`stage0_versions`):
-    a stage 0 retrained between invocations, so pairs may straddle two pretrainings."""
-    parts = {k: v for k, v in versions.items() if k != "unrecorded"}
-    mixed = [f"{k}: {len(v)} versions" for k, v in parts.items() if len(v) > 1]
-    if parts and versions.get("unrecorded"):
-        mixed.append(f"{versions['unrecorded']} results from before stage-0 weights were recorded")
-    if not mixed:
-        return ""
-    return (
-        " **⚠ Not every job started from the same stage-0 weights** (" + "; ".join(mixed) + "): stage 0 was "
-        "retrained between invocations. Delete the older jobs' lines from `jobs.jsonl` to retrain them on one stage 0."
-    )
-
-
-def timing(suite: dict, wall: float | None) -> str:
-    """The suite's wall time as suite.json records it (summed over resumed invocations), or why
-    it is unknown; always the jobs' own serial time."""
-    if not suite:
-        return f"Whole suite: **{wall / 60:.1f} min** wall." if wall else ""
-    jobs = f"{suite['serial_s'] / 60:.1f} min of jobs, {suite['workers']} workers"
-    if suite.get("wall_s") is None:
-        return (
-            f"Whole suite: wall time **not measured end to end** (resumed from jobs an untimed earlier run had "
-            f"finished); {jobs}, i.e. about {suite['serial_s'] / 60 / suite['workers']:.0f} min of training and "
-            "evaluation at that parallelism, plus stage 0."
-        )
-    runs = f" over {suite['invocations']} invocations" if suite.get("invocations", 1) > 1 else ""
-    return f"Whole suite: **{suite['wall_s'] / 60:.1f} min** wall on this machine{runs} ({jobs})."
-
-
 def report(
     out: Path,
     names: list[str],
@@ -374,7 +344,8 @@ def report(
     suite = json.loads((out / "suite.json").read_text()) if (out / "suite.json").exists() else {}
     parts += [
         f"Mode: **{mode}**, seeds: {cfg['budget']['seeds']}, {cfg['budget']['per_family']} test questions per "
-        f"family, device: {cfg.get('device', 'cpu')}, git commit `{first['git_commit'][:10]}`. " + timing(suite, wall),
+        f"family, {devices_line(results)}, git commit `{first['git_commit'][:10]}`. "
+        + timing(suite, wall, jobs_by_device(results)),
         "Accuracies are exact match on the test split (chosen on val); mean ± std over seeds. `held_in_eval_se` is "
         "the evaluation's own standard error (binomial over the questions). A verdict is *reproduced* when the "
         "paired (same seed, same data) difference has the paper's sign and exceeds 2 standard errors over seeds "

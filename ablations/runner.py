@@ -412,7 +412,7 @@ class Runner:
                 clock.tick(runs[-1], cached=same[i] == i)
         stage0 = {k: x for k, x in ledger[probe_key].items() if k not in ("kind", "rekeyed_from")}
         versions = stage0_versions([*runs, ledger[probe_key], *(ledger[k] for k in text_keys.values())])
-        from ablations.report import stage0_warning
+        from ablations.provenance import stage0_warning
 
         if stage0_warning(versions):  # the report's own rule, so the two never disagree
             print(f"warning: the jobs did not all start from the same stage-0 weights: {versions}", flush=True)

@@ -18,7 +18,9 @@ EQUIVALENCE = 0.03  # "no difference" means within 3 points of held-in accuracy,
 MIN_EFFECT = 0.02  # the smallest difference a directional claim ("a helps") counts as an effect
 
 
-def verdict_row(diffs: list[float], expected: int, label: str, metric: str, a: str, b: str, reason: str) -> dict:
+def verdict_row(
+    diffs: list[float], expected: int, label: str, metric: str, a: str, b: str, reason: str, cross_device: int = 0
+) -> dict:
     """The verdict on per-seed differences a − b (see `paired`), as a report row.
 
     expected=+1: the paper says a > b; -1: a < b; 0: no difference expected (a control, or a claim
@@ -55,6 +57,7 @@ def verdict_row(diffs: list[float], expected: int, label: str, metric: str, a: s
         "verdict": verdict,
         "kind": kind,
         "note": "" if verdict == "reproduced" else reason,
+        "cross_device": cross_device,
     }
 
 
@@ -68,6 +71,11 @@ def by_seed(runs: list[dict], metric: str) -> dict[int, dict[str, float]]:
 
 
 def paired(runs: list[dict], a: str, b: str, metric: str, expected: int, label: str, reason_if_not: str) -> dict:
-    """Compare variant a against b on `metric`, paired by seed (rule: `verdict_row`)."""
+    """Compare variant a against b on `metric`, paired by seed (rule: `verdict_row`). `cross_device`
+    counts the seeds whose two runs trained on different devices (a suite finished partly on a lent
+    GPU): such a difference also holds the device's, which the report then says."""
     diffs = [s[a] - s[b] for s in by_seed(runs, metric).values() if a in s and b in s]
-    return verdict_row(diffs, expected, label, metric, a, b, reason_if_not)
+    device = {(r["seed"], r["variant"]): r.get("device", "cpu") for r in runs}
+    seeds = {r["seed"] for r in runs if (r["seed"], a) in device and (r["seed"], b) in device}
+    mixed = sum(device[s, a] != device[s, b] for s in seeds)
+    return verdict_row(diffs, expected, label, metric, a, b, reason_if_not, mixed)

@@ -15,7 +15,8 @@ from ablations.evaluate import eval_se
 from ablations.instruction_aware import gap_closes
 from ablations.ledger import Ledger, stage0_versions, weights_digest
 from ablations.probe import RidgeProbe
-from ablations.report import frozen_llm_held_out, seed_lines, stage0_warning, summarize, targets
+from ablations.provenance import stage0_warning
+from ablations.report import frozen_llm_held_out, seed_lines, summarize, targets
 from ablations.runner import Runner, Step, Variant, cli
 from ablations.verdicts import paired
 
@@ -142,6 +143,38 @@ def test_jobs_on_different_stage0_weights_are_flagged():
     assert "seed0/lm: 2 versions" in stage0_warning(stage0_versions([*runs, {"stage0_weights": {"lm": "b"}}]))
     assert "1 results from before" in stage0_warning(stage0_versions([*runs, {}]))
     assert stage0_warning(stage0_versions([{}, {}])) == ""  # all from before the record: nothing to compare
+
+
+def test_the_report_says_which_devices_trained_and_whether_a_pair_straddles_two():
+    """A suite finished in part on a lent GPU: each job counted once per device, and a per-seed
+    difference between a CPU run and a GPU run is counted, not hidden."""
+    from ablations.provenance import devices_line, jobs_by_device, timing
+    from ablations.verdicts import paired
+
+    def run(v, seed, device, acc, **kw):
+        key = f"{v}{seed}"
+        return {"variant": v, "seed": seed, "device": device, "metrics": {"held_in_acc": acc}, "fingerprint": key,
+                "wall_s": 60.0, **kw}  # fmt: skip
+
+    runs = [run("a", s, "cpu", 0.9) for s in range(3)] + [run("b", s, "cpu", 0.5) for s in range(3)]
+    one = {"x": {"runs": runs, "verdicts": [paired(runs, "a", "b", "held_in_acc", 1, "a helps", "")]}}
+    assert one["x"]["verdicts"][0]["cross_device"] == 0
+    assert devices_line(one) == "device: cpu for 6 jobs"
+    runs[0]["device"] = runs[3]["device"] = "cuda"  # seed 0's pair on the GPU: still one device per pair
+    same = {"x": {"runs": runs, "verdicts": [paired(runs, "a", "b", "held_in_acc", 1, "a helps", "")]}}
+    assert "every verdict's per-seed difference compares two runs on one device" in devices_line(same)
+    runs[4]["device"] = "cuda"
+    shared = run("b", 1, "cuda", 0.5, same_as="y/b/seed1")  # another comparison's copy of a job: not counted
+    mixed = {"x": {"runs": runs, "verdicts": [paired(runs, "a", "b", "held_in_acc", 1, "a helps", "")]},
+             "y": {"runs": [shared], "verdicts": []}}  # fmt: skip
+    assert "1 of the verdicts' per-seed differences compare runs on two devices" in devices_line(mixed)
+    assert jobs_by_device(mixed) == {"cpu": (3, 180.0), "cuda": (3, 180.0)}
+    suite = {"wall_s": 600.0, "workers": 2, "serial_s": 360.0, "invocations": 2,
+             "lent": [{"device": "NVIDIA H200", "wall_s": 120.0, "workers": 16, "jobs": 3}]}  # fmt: skip
+    line = timing(suite, None, jobs_by_device(mixed))
+    assert "**10.0 min** wall on this machine over 2 invocations" in line
+    assert "plus **2.0 min** on a lent NVIDIA H200 (16 workers, 3 jobs kept)" in line
+    assert "3.0 min of jobs on cpu, 3.0 min of jobs on cuda" in line
 
 
 def test_a_record_from_other_stage0_weights_than_those_on_disk_retrains(tmp_path):
