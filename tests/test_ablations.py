@@ -16,8 +16,9 @@ from ablations.instruction_aware import gap_closes
 from ablations.ledger import Ledger, stage0_versions, weights_digest
 from ablations.probe import RidgeProbe
 from ablations.provenance import stage0_warning
-from ablations.report import frozen_llm_held_out, seed_lines, summarize, targets
+from ablations.report import seed_lines, summarize
 from ablations.runner import Runner, Step, Variant, cli
+from ablations.targets import frozen_llm_held_out, targets
 from ablations.verdicts import paired
 
 
