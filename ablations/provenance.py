@@ -64,7 +64,8 @@ def timing(suite: dict, wall: float | None, by_device: dict[str, tuple[int, floa
     if suite.get("wall_s") is None:
         return (
             f"Whole suite: wall time **not measured end to end** (resumed from jobs an untimed earlier run had "
-            f"finished); {jobs}, {suite['workers']} workers here, plus stage 0."
+            f"finished); {jobs}, i.e. about {sum(t for _, t in by_device.values()) / 60 / suite['workers']:.0f} min "
+            f"with {suite['workers']} workers, plus stage 0."
         )
     runs = f" over {suite['invocations']} invocations" if suite.get("invocations", 1) > 1 else ""
     lent = "".join(

@@ -24,11 +24,21 @@ def verdict_cell(v: dict) -> str:
     return f"**{v['verdict']}**" + (f" ({v['kind']})" if v.get("kind") else "")
 
 
+def speed_device(runs: list[dict]) -> str:
+    """The device that trained most of `runs`: speeds (`*_per_s`) are averaged over its runs only,
+    since a suite finished partly on a GPU would otherwise mix two machines' speeds per variant."""
+    devices = [r.get("device", "cpu") for r in runs]
+    return max(dict.fromkeys(devices), key=devices.count)
+
+
 def summarize(runs: list[dict]) -> dict:
     out: dict[str, dict] = {}
+    fast = speed_device(runs) if runs else "cpu"
     for name in dict.fromkeys(r["variant"] for r in runs):
-        rs = [r["metrics"] for r in runs if r["variant"] == name]
-        out[name] = {k: mean_std([m[k] for m in rs]) for k in rs[0]}
+        mine = [r for r in runs if r["variant"] == name]
+        rs = [r["metrics"] for r in mine]
+        same = [r["metrics"] for r in mine if r.get("device", "cpu") == fast]
+        out[name] = {k: mean_std([m[k] for m in (same if k.endswith("_per_s") else rs)]) for k in rs[0]}
     return out
 
 
@@ -43,6 +53,9 @@ def table(result: dict, extra=()) -> str:
         "|" + "---|" * (len(cols) + 2 + len(QA_FAMILIES)),
     ]
     groups = {r["variant"]: r["group"] for r in result["runs"]}
+    if len({r.get("device", "cpu") for r in result["runs"]}) > 1:  # speeds from one device (`summarize`)
+        fast = speed_device(result["runs"])
+        lines[2] = lines[2].replace("_per_s |", f"_per_s ({fast} runs) |")
     for name, s in result["summary"].items():
         cells = []
         for c in cols:

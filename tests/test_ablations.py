@@ -176,6 +176,12 @@ def test_the_report_says_which_devices_trained_and_whether_a_pair_straddles_two(
     assert "**10.0 min** wall on this machine over 2 invocations" in line
     assert "plus **2.0 min** on a lent NVIDIA H200 (16 workers, 3 jobs kept)" in line
     assert "3.0 min of jobs on cpu, 3.0 min of jobs on cuda" in line
+    runs[4]["device"] = "cpu"
+    for r, speed in zip(runs, (100, 10, 10, 500, 10, 10), strict=True):
+        r["metrics"]["train_samples_per_s"] = speed
+    speeds = summarize(runs)  # seed 0 on cuda, the rest (most) on cpu: speeds from the cpu runs alone
+    assert speeds["a"]["train_samples_per_s"]["mean"] == speeds["b"]["train_samples_per_s"]["mean"] == 10
+    assert speeds["a"]["held_in_acc"]["n"] == 3  # accuracies from every run
 
 
 def test_a_record_from_other_stage0_weights_than_those_on_disk_retrains(tmp_path):
