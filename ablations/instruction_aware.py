@@ -68,7 +68,12 @@ def gap_closes(runs, small: int, large: int, label: str, reason: str) -> dict:
         for s in by_seed(runs, "held_in_acc").values()
         if all(n in s for n in names)
     ]
-    return verdict_row(diffs, +1, label, "held_in_acc gap", f"gap@K{small}", f"gap@K{large}", reason)
+    devices: dict[int, set] = {}  # a seed's four runs on more than one device count as one cross-device pair
+    for r in runs:
+        if r["variant"] in names:
+            devices.setdefault(r["seed"], set()).add(r.get("device", "cpu"))
+    mixed = sum(len(d) > 1 for d in devices.values())
+    return verdict_row(diffs, +1, label, "held_in_acc gap", f"gap@K{small}", f"gap@K{large}", reason, mixed)
 
 
 def verdicts(runs):

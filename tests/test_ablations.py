@@ -62,6 +62,9 @@ def test_gap_closes_uses_the_difference_of_gaps():
     assert gap_closes(runs, 2, 8, "m", "")["verdict"] == "reproduced"
     flipped = [dict(r, variant=r["variant"].replace("K2", "Kx").replace("K8", "K2").replace("Kx", "K8")) for r in runs]
     assert gap_closes(flipped, 2, 8, "m", "")["verdict"] == "contradicted"
+    assert gap_closes(runs, 2, 8, "m", "")["cross_device"] == 0
+    one_on_gpu = [dict(r, device="cuda") if (r["variant"], r["seed"]) == ("plain_K8", 1) else r for r in runs]
+    assert gap_closes(one_on_gpu, 2, 8, "m", "")["cross_device"] == 1
 
 
 @given(st.lists(st.floats(0, 1), min_size=1, max_size=6), st.integers(10, 5000))
