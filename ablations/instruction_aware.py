@@ -11,7 +11,7 @@ object per image there is nothing to choose, so the gap should vanish.
 from __future__ import annotations
 
 from ablations.runner import Comparison, Runner, Step, Variant, cli
-from ablations.verdicts import by_seed, paired, verdict_row
+from ablations.verdicts import by_seed, cross_device, paired, verdict_row
 
 PAPER = {
     "instruction-aware queries help held-in": "InstructBLIP Table 2 (FlanT5-XL): held-in avg 94.1 → 89.8 without",
@@ -68,11 +68,7 @@ def gap_closes(runs, small: int, large: int, label: str, reason: str) -> dict:
         for s in by_seed(runs, "held_in_acc").values()
         if all(n in s for n in names)
     ]
-    devices: dict[int, set] = {}  # a seed's four runs on more than one device count as one cross-device pair
-    for r in runs:
-        if r["variant"] in names:
-            devices.setdefault(r["seed"], set()).add(r.get("device", "cpu"))
-    mixed = sum(len(d) > 1 for d in devices.values())
+    mixed = cross_device(runs, tuple(names))
     return verdict_row(diffs, +1, label, "held_in_acc gap", f"gap@K{small}", f"gap@K{large}", reason, mixed)
 
 

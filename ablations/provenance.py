@@ -53,13 +53,12 @@ def devices_line(results: dict[str, dict]) -> str:
     )
 
 
-def timing(suite: dict, wall: float | None, by_device: dict[str, tuple[int, float]] | None = None) -> str:
+def timing(suite: dict, wall: float | None, by_device: dict[str, tuple[int, float]]) -> str:
     """The suite's wall time as suite.json records it (summed over resumed invocations), or why it
     is unknown, plus the time of invocations on lent machines (`lent` in suite.json, merged by hand:
     HISTORY.md says how); always the jobs' own time per device."""
     if not suite:
         return f"Whole suite: **{wall / 60:.1f} min** wall." if wall else ""
-    by_device = by_device or {suite.get("device", "cpu"): (suite.get("jobs_done", 0), suite["serial_s"])}
     jobs = ", ".join(f"{s / 60:.1f} min of jobs on {d}" for d, (_, s) in by_device.items())
     if suite.get("wall_s") is None:
         return (

@@ -71,11 +71,17 @@ def by_seed(runs: list[dict], metric: str) -> dict[int, dict[str, float]]:
 
 
 def paired(runs: list[dict], a: str, b: str, metric: str, expected: int, label: str, reason_if_not: str) -> dict:
-    """Compare variant a against b on `metric`, paired by seed (rule: `verdict_row`). `cross_device`
-    counts the seeds whose two runs trained on different devices (a suite finished partly on a lent
-    GPU): such a difference also holds the device's, which the report then says."""
+    """Compare variant a against b on `metric`, paired by seed (rule: `verdict_row`), counting the
+    seeds whose two runs trained on different devices (`cross_device`), which the report then says."""
     diffs = [s[a] - s[b] for s in by_seed(runs, metric).values() if a in s and b in s]
-    device = {(r["seed"], r["variant"]): r.get("device", "cpu") for r in runs}
-    seeds = {r["seed"] for r in runs if (r["seed"], a) in device and (r["seed"], b) in device}
-    mixed = sum(device[s, a] != device[s, b] for s in seeds)
-    return verdict_row(diffs, expected, label, metric, a, b, reason_if_not, mixed)
+    return verdict_row(diffs, expected, label, metric, a, b, reason_if_not, cross_device(runs, (a, b)))
+
+
+def cross_device(runs: list[dict], variants: tuple[str, ...]) -> int:
+    """How many seeds have their runs of `variants` on more than one device (a suite finished
+    partly on a lent GPU): such a seed's difference also holds the device's."""
+    devices: dict[int, set[str]] = {}
+    for r in runs:
+        if r["variant"] in variants:
+            devices.setdefault(r["seed"], set()).add(r.get("device", "cpu"))
+    return sum(len(d) > 1 for d in devices.values())
