@@ -12,6 +12,8 @@ InstructBLIP) are compared in `instruction_aware`, `stage1` and `frozen_encoders
 
 from __future__ import annotations
 
+import sys
+
 from ablations.runner import MLP_CONNECTOR, Comparison, Runner, Step, Variant, cli
 from ablations.verdicts import paired
 
@@ -89,10 +91,11 @@ def comparison(quick: bool) -> Comparison:
     return Comparison("connector", variants(quick), PAPER, verdicts, ("train_samples_per_s",))
 
 
-def main() -> None:
-    args = cli(__doc__)
+def main(argv: list[str] | None = None) -> int:
+    args = cli(__doc__, argv)
     Runner(args).run_all([comparison(args.quick)])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

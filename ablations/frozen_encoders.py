@@ -14,6 +14,8 @@ heads, before (stage 0) and after instruction tuning.
 
 from __future__ import annotations
 
+import sys
+
 from ablations.runner import MLP_CONNECTOR, Comparison, Runner, Step, Variant, cli
 from ablations.verdicts import paired
 
@@ -100,10 +102,11 @@ def comparison(quick: bool) -> Comparison:
     return Comparison("frozen_encoders", variants(quick), PAPER, verdicts, ("retrieval_acc", "retrieval_acc_stage0"))
 
 
-def main() -> None:
-    args = cli(__doc__)
+def main(argv: list[str] | None = None) -> int:
+    args = cli(__doc__, argv)
     Runner(args).run_all([comparison(args.quick)])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,6 +10,8 @@ object per image there is nothing to choose, so the gap should vanish.
 
 from __future__ import annotations
 
+import sys
+
 from ablations.runner import Comparison, Runner, Step, Variant, cli
 from ablations.verdicts import by_seed, cross_device, paired, verdict_row
 
@@ -96,10 +98,11 @@ def comparison(quick: bool) -> Comparison:
     return Comparison("instruction_aware", variants(quick), PAPER, verdicts)
 
 
-def main() -> None:
-    args = cli(__doc__)
+def main(argv: list[str] | None = None) -> int:
+    args = cli(__doc__, argv)
     Runner(args).run_all([comparison(args.quick)])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,6 +23,8 @@ import logging
 import time
 from pathlib import Path
 
+from lab.versions import versions
+
 log = logging.getLogger(__name__)
 FIX = "delete that line and its job reruns"
 
@@ -58,7 +60,10 @@ class Ledger:
         return self.records[key]
 
     def add(self, record: dict) -> dict:
-        """Append `record` (which carries its `fingerprint`) as one line."""
+        """Append `record` (which carries its `fingerprint`) as one line, stamped with the versions of
+        python, torch, transformers, triton and peft it was computed with (a record that already names
+        its versions, e.g. one merged from another machine, keeps them)."""
+        record = {**record, "versions": record.get("versions") or versions()}
         line = json.dumps(record)  # key order kept: the report lists probes in it
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("ab+") as f:
@@ -77,7 +82,8 @@ class SuiteClock:
     """suite.json: the suite's wall time, summed over the invocations that built it and rewritten
     after every job, so a stopped suite keeps what it had spent. When jobs were reused without a
     matching record (built by another version of the suite, or the record was lost), the wall time
-    is unknown and says so: `wall_s` is None."""
+    is unknown and says so: `wall_s` is None. An invocation that computes nothing (a report rebuilt
+    from the ledger: `trains = False`) leaves a timed suite.json as it was."""
 
     def __init__(self, path: Path, key: str, jobs: int, args) -> None:
         self.path, self.t0 = path, time.perf_counter()
@@ -89,8 +95,11 @@ class SuiteClock:
         if self.prev and self.prev.get("lent"):  # invocations on lent machines, merged by hand (HISTORY.md)
             self.record["lent"] = self.prev["lent"]
         self.serial, self.done, self.cached = 0.0, 0, 0
+        self.trains = True
 
     def tick(self, result: dict | None, cached: bool = False) -> dict:
+        if not self.trains and self.prev is not None:
+            return self.prev
         if result is not None:
             self.done += 1
             self.cached += cached

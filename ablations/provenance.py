@@ -4,6 +4,7 @@ lent GPU, is still one suite only if the report can say all three."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 
@@ -34,6 +35,23 @@ def jobs_by_device(results: dict[str, dict]) -> dict[str, tuple[int, float]]:
     for d, s in seen.values():
         secs[d] += s
     return {d: (count[d], secs[d]) for d in sorted(count)}
+
+
+def versions_line(results: dict[str, dict]) -> str:
+    """The software the jobs ran with (python, torch, transformers, triton, peft; `lab.versions`), each
+    distinct set with its number of jobs, so a result that moves after an upgrade can be traced to it."""
+    seen: dict[str, str] = {}
+    for res in results.values():
+        for r in res["runs"]:
+            if "same_as" not in r:
+                seen.setdefault(r["fingerprint"], json.dumps(r.get("versions") or {}))
+    sets = Counter(seen.values())
+    parts = [
+        ", ".join(f"{k} {v}" for k, v in json.loads(s).items()) + f" ({n} jobs)" for s, n in sets.items() if s != "{}"
+    ]
+    if sets.get("{}"):
+        parts.append(f"{sets['{}']} jobs from before versions were recorded")
+    return "Software: " + "; ".join(parts) + "."
 
 
 def devices_line(results: dict[str, dict]) -> str:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ablations.ledger import Ledger
-from ablations.provenance import devices_line, jobs_by_device, stage0_warning, timing
+from ablations.provenance import devices_line, jobs_by_device, stage0_warning, timing, versions_line
 from ablations.targets import frozen_llm, frozen_llm_held_out, held_to_floors, targets
 from ablations.verdicts import mean_std
 from lab.data.tasks import HELD_OUT, QA_HELD_IN
@@ -260,7 +260,9 @@ def report(
     parts += [
         f"Mode: **{mode}**, seeds: {cfg['budget']['seeds']}, {cfg['budget']['per_family']} test questions per "
         f"family, {devices_line(results)}, git commit `{first['git_commit'][:10]}`. "
-        + timing(suite, wall, jobs_by_device(results)),
+        + timing(suite, wall, jobs_by_device(results))
+        + " "
+        + versions_line(results),
         "Accuracies are exact match on the test split (chosen on val); mean ± std over seeds. `held_in_eval_se` is "
         "the evaluation's own standard error (binomial over the questions). A verdict is *reproduced* when the "
         "paired (same seed, same data) difference has the paper's sign and exceeds 2 standard errors over seeds "

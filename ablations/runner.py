@@ -377,6 +377,7 @@ class Runner:
             return todo, [s for s in pretrained if not fresh(text_keys[s])], not fresh(probe_key)
 
         todo, missing_text, missing_probes = missing()
+        clock.trains = bool(todo or missing_text or missing_probes)
         with open_pool(self.args.workers) as pool:
             if todo or missing_text or missing_probes:
                 parts = [(self, "stage0", (s, stage)) for s in pretrained for stage in self.budget.stage0_steps]

@@ -14,6 +14,7 @@ caption text would carry InstructBLIP's zero-shot transfer to held-out questions
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from ablations.runner import MLP_CONNECTOR, Comparison, Runner, Step, Variant, cli
 from ablations.verdicts import paired
@@ -148,10 +149,11 @@ def comparison(quick: bool) -> Comparison:
     return Comparison("stage1", variants(quick), PAPER, verdicts)
 
 
-def main() -> None:
-    args = cli(__doc__)
+def main(argv: list[str] | None = None) -> int:
+    args = cli(__doc__, argv)
     Runner(args).run_all([comparison(args.quick)])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from kernels import reference
+from lab_kernels import reference
 
 # Unfused baselines are the reference implementations themselves.
 eager_attention = reference.projected_cross_attention
@@ -118,7 +118,7 @@ def measure(device, name, fn, args, flops, io, backward):
 
 
 def run(device: str, dtype: torch.dtype) -> dict:
-    import kernels
+    import lab_kernels
 
     torch.manual_seed(0)
     big = device == "cuda"
@@ -137,11 +137,11 @@ def run(device: str, dtype: torch.dtype) -> dict:
     )
     mlp_args = (mk(n, din), mk(dh, din, scale=din**-0.5), mk(dh), mk(dout, dh, scale=dh**-0.5), mk(dout))
     attn_impls = {
-        "triton (fused)": kernels.projected_cross_attention,
+        "triton (fused)": lab_kernels.projected_cross_attention,
         "eager": eager_attention,
         "cuBLAS proj + SDPA": sdpa_attention,
     }
-    mlp_impls = {"triton (fused GELU)": kernels.mlp_projector, "eager": eager_mlp}
+    mlp_impls = {"triton (fused GELU)": lab_kernels.mlp_projector, "eager": eager_mlp}
     try:
         import xformers.ops  # noqa: F401
 

@@ -17,7 +17,7 @@ from benchmarks.kernels import eager_attention, eager_mlp, sdpa_attention
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("set TRITON_INTERPRET=1 before Python starts", allow_module_level=True)
 
-import kernels  # noqa: E402
+import lab_kernels  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def attn_args():
 
 @pytest.mark.parametrize("impl", ["triton", "eager", "sdpa"])
 def test_projected_cross_attention(benchmark, attn_args, impl):
-    fn = {"triton": kernels.projected_cross_attention, "eager": eager_attention, "sdpa": sdpa_attention}[impl]
+    fn = {"triton": lab_kernels.projected_cross_attention, "eager": eager_attention, "sdpa": sdpa_attention}[impl]
     benchmark.group = "projected cross-attention fwd (CPU)"
     out = benchmark(fn, *attn_args)
     assert out.shape == (2, 32, 64)
@@ -46,6 +46,6 @@ def test_projected_cross_attention(benchmark, attn_args, impl):
 def test_mlp_projector(benchmark, impl):
     torch.manual_seed(0)
     args = (torch.randn(64, 32), torch.randn(64, 32), torch.randn(64), torch.randn(64, 64), torch.randn(64))
-    fn = {"triton": kernels.mlp_projector, "eager": eager_mlp}[impl]
+    fn = {"triton": lab_kernels.mlp_projector, "eager": eager_mlp}[impl]
     benchmark.group = "mlp projector fwd (CPU)"
     assert benchmark(fn, *args).shape == (64, 64)

@@ -3,20 +3,18 @@
 lab train --stage instruct --out runs/x --config configs/instructblip_tiny.yaml --model.connector linear
 lab eval --checkpoint runs/x --out runs/x/eval.json
 lab generate --checkpoint runs/x --image cat.png --prompt "what color is the circle ?"
-lab ablate [connector|instruction_aware|frozen_encoders|stage1] --quick
+lab ablate [all|connector|instruction_aware|frozen_encoders|stage1|held_out] --quick
 lab bench [--cpu]
 """
 
 from __future__ import annotations
 
 import argparse
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ABLATIONS = ("all", "connector", "instruction_aware", "frozen_encoders", "stage1")
 
 
 def generate(argv: list[str]) -> int:
@@ -71,15 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "generate":
         return generate(rest)
     if cmd == "ablate":
-        which = rest[0] if rest and not rest[0].startswith("-") else "all"
-        if which not in ABLATIONS:
-            print(f"error: unknown ablation {which!r}; choose one of {list(ABLATIONS)}", file=sys.stderr)
-            return 2
-        args = rest[1:] if rest and rest[0] == which else rest
-        module = "ablations" if which == "all" else f"ablations.{which}"
-        sys.argv = [module, *args]
-        runpy.run_module(module, run_name="__main__")
-        return 0
+        from ablations.__main__ import main as ablate  # one registry of comparisons: ablations.registry
+
+        return ablate(rest)
     import os
 
     env = {**os.environ, **({"TRITON_INTERPRET": "1"} if "--cpu" in rest else {})}  # must precede `import triton`

@@ -106,8 +106,8 @@ NOTEBOOKS = {
             "Triton is imported); on a GPU the same code compiles."
         ),
         new_code_cell(
-            "import os\nos.environ['TRITON_INTERPRET'] = '1'\nimport torch, kernels\nfrom kernels import reference\n"
-            "print('backend:', kernels.backend(torch.zeros(1)))"
+            "import os\nos.environ['TRITON_INTERPRET'] = '1'\nimport torch, lab_kernels\nfrom lab_kernels import reference\n"
+            "print('backend:', lab_kernels.backend(torch.zeros(1)))"
         ),
         new_code_cell(
             "# the kernels run in fp32 (and bf16/fp16 on GPUs); the reference runs in float64 as ground truth\n"
@@ -117,9 +117,9 @@ NOTEBOOKS = {
             "wk, wv = (torch.randn(dq, dx, requires_grad=True) for _ in range(2))\n"
             "bk, bv = (torch.randn(dq, requires_grad=True) for _ in range(2))\n"
             "mask = torch.ones(b, nk, dtype=torch.bool); mask[1, -5:] = False\n"
-            "before = kernels.launches.copy()\n"
-            "out = kernels.projected_cross_attention(hq, x, wk, bk, wv, bv, h, key_padding_mask=mask)\n"
-            "print('kernel launches:', kernels.launches - before)\n"
+            "before = lab_kernels.launches.copy()\n"
+            "out = lab_kernels.projected_cross_attention(hq, x, wk, bk, wv, bv, h, key_padding_mask=mask)\n"
+            "print('kernel launches:', lab_kernels.launches - before)\n"
             "inputs64 = [t.detach().double().requires_grad_() for t in (hq, x, wk, bk, wv, bv)]\n"
             "ref = reference.projected_cross_attention(*inputs64, h, key_padding_mask=mask)\n"
             "print('max |triton - reference| (forward):', (out.double() - ref).abs().max().item())\n"
@@ -134,7 +134,7 @@ NOTEBOOKS = {
             "w1, b1, w2, b2 = torch.randn(64, 32), torch.randn(64), torch.randn(48, 64), torch.randn(48)\n"
             "feats = torch.randn(2, 17, 32)\n"
             "ref = reference.mlp_projector(*(t.double() for t in (feats, w1, b1, w2, b2)))\n"
-            "err = (kernels.mlp_projector(feats, w1, b1, w2, b2).double() - ref).abs().max()\n"
+            "err = (lab_kernels.mlp_projector(feats, w1, b1, w2, b2).double() - ref).abs().max()\n"
             "print('MLP projector max error vs float64:', err.item()); assert err < 1e-3"
         ),
         new_markdown_cell(
@@ -165,6 +165,7 @@ NOTEBOOKS = {
             "root = pathlib.Path('../ablations/results')\n"
             "files = sorted(root.glob('*/results.json')) or sorted(root.glob('quick/*/results.json'))  # full mode, else quick\n"
             "results = {p.parent.name: json.loads(p.read_text()) for p in files}\n"
+            "results = {k: r for k, r in results.items() if 'verdicts' in r}  # the comparisons (held_out/ is the LM sweep)\n"
             "list(results)"
         ),
         new_code_cell(
@@ -179,6 +180,29 @@ NOTEBOOKS = {
             "    for v in r['verdicts']:\n"
             "        print(f\"{name}: {v['claim']}\\n   paper: {r['paper'].get(v['claim'], '')}\\n   ours: {v['diff_mean']:+.3f} ± {v['diff_se']:.3f} -> {v['verdict']}\")"
         ),
+        new_markdown_cell(
+            "## Held-out over stage-0 LMs\n\n"
+            "`python -m ablations.held_out`: one frozen-LLM recipe on several stage-0 LMs, each model's held-out answers "
+            "read from the image's soft tokens, through its own caption, and from the true caption; and the same with "
+            "hand-off distillation (`handoff_weight`). Where *through words* is far above *from the image*, the content "
+            "crossed the connector and the hand-off to the LLM lost it.\n"
+        ),
+        new_code_cell(
+            "f = root / 'held_out' / 'results.json'\n"
+            "if f.exists():\n"
+            "    sweep = json.loads(f.read_text())\n"
+            "    held_out = lambda rec, way: sum(rec[way].values()) / len(rec[way])\n"
+            "    arms = {'plain': sweep['records'], f\"hand-off {sweep['handoff']['weight']:g}\": sweep['handoff']['records']}\n"
+            "    fig, ax = plt.subplots(figsize=(7, 2.8))\n"
+            "    bars = [(arm, way) for arm in arms for way in ('direct', 'words')] + [('plain', 'caption')]\n"
+            "    for j, (arm, way) in enumerate(bars):\n"
+            "        xs = [i + (j - 2) * 0.16 for i in range(sweep['lms'])]\n"
+            "        ax.bar(xs, [held_out(r, way) for r in arms[arm]], 0.16, label=f'{arm}: {way}')\n"
+            "    ax.axhline(0.70, color='k', lw=0.8, ls='--'); ax.set_ylim(0.4, 0.8)\n"
+            "    ax.set_xticks(range(sweep['lms']), [f'LM seed {r[\"lm_seed\"]}' for r in sweep['records']])\n"
+            "    ax.set_ylabel('held-out (ranked)'); ax.legend(fontsize=6, ncol=2)\n"
+            "    print('paired, hand-off minus plain (mean, s.e.):', sweep['handoff']['paired'])\n"
+        ),
     ],
 }
 
@@ -187,6 +211,8 @@ if __name__ == "__main__":
 
     here = pathlib.Path(__file__).parent
     for name, cells in NOTEBOOKS.items():
+        for i, cell in enumerate(cells):  # stable ids: a rebuild changes only the cells that changed
+            cell["id"] = f"{name.split('_')[0]}-{i}"
         nb = new_notebook(
             cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
         )

@@ -187,6 +187,22 @@ def test_the_report_says_which_devices_trained_and_whether_a_pair_straddles_two(
     assert speeds["a"]["held_in_acc"]["n"] == 3  # accuracies from every run
 
 
+def test_every_ledger_record_names_its_software_and_the_report_lists_it(tmp_path):
+    from ablations.provenance import versions_line
+    from lab.versions import versions
+
+    ledger = Ledger(tmp_path / "jobs.jsonl")
+    mine = ledger.add({"kind": "job", "fingerprint": "a"})
+    merged = ledger.add({"kind": "job", "fingerprint": "b", "versions": {"python": "3.12.1", "torch": "2.9.0"}})
+    again = Ledger(tmp_path / "jobs.jsonl")
+    assert again["a"]["versions"] == mine["versions"] == versions() and set(versions()) >= {"torch", "transformers"}
+    assert again["b"]["versions"] == merged["versions"] == {"python": "3.12.1", "torch": "2.9.0"}  # kept as made
+    runs = [again["a"], again["b"], {"fingerprint": "old"}, {**again["b"], "fingerprint": "c"}]
+    line = versions_line({"x": {"runs": runs}})
+    assert "python 3.12.1, torch 2.9.0 (2 jobs)" in line and f"torch {versions()['torch']}" in line
+    assert "1 jobs from before versions were recorded" in line
+
+
 def test_a_record_from_other_stage0_weights_than_those_on_disk_retrains(tmp_path):
     """A job's key names stage 0's config; the weights it started from must be the ones on disk. With
     no stage 0 on disk (a clone of a finished suite) every record stands: the reports rebuild."""
@@ -444,3 +460,37 @@ def test_held_out_sweep_reads_each_lm_three_ways_and_resumes(tmp_path):
     gaps = [r["handoff_gap"] for r in [*res["records"], *res["handoff"]["records"]]]
     assert all(set(HELD_OUT) <= set(g) and all(x > 0 for x in g["compare_count"]) for g in gaps)
     assert "gap, compare_count" in text
+
+
+def test_lab_ablate_and_python_m_ablations_read_one_registry(monkeypatch, capsys):
+    import importlib
+
+    from ablations import registry
+    from ablations.__main__ import main as ablations_main
+    from lab.cli import main as lab_main
+
+    called = []
+    for name in (*registry.SUITE, *registry.SWEEPS):
+        mod = importlib.import_module(registry.module(name))
+        monkeypatch.setattr(mod, "main", lambda argv, n=name: called.append((n, argv)) or 0)
+    for name in (*registry.SUITE, *registry.SWEEPS):
+        assert lab_main(["ablate", name, "--quick"]) == 0 and ablations_main([name, "--seeds", "1"]) == 0
+    assert called == [(n, a) for n in (*registry.SUITE, *registry.SWEEPS) for a in (["--quick"], ["--seeds", "1"])]
+    assert lab_main(["ablate", "bogus"]) == 2 and ablations_main(["bogus"]) == 2
+    assert "unknown ablation 'bogus'" in capsys.readouterr().err and "held_out" in registry.NAMES
+
+
+def test_a_rebuild_that_trains_nothing_leaves_the_suite_clock_alone(tmp_path):
+    from argparse import Namespace
+
+    from ablations.ledger import SuiteClock
+
+    args, path = Namespace(workers=2, device="cpu"), tmp_path / "suite.json"
+    first = SuiteClock(path, "k", 1, args)
+    first.tick({"wall_s": 5.0})
+    before = path.read_text()
+    rebuild = SuiteClock(path, "k", 1, args)
+    rebuild.trains = False
+    assert rebuild.tick({"wall_s": 5.0}, cached=True)["invocations"] == 1 and path.read_text() == before
+    resumed = SuiteClock(path, "k", 1, args)  # an invocation that trains counts
+    assert resumed.tick({"wall_s": 1.0})["invocations"] == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
+import lab_kernels
 from lab.convert import from_transformers
 from tests import hf_factory as F
 
@@ -36,11 +36,11 @@ def test_triton_impl_matches_transformers(name):
         instr_mask[0, -1] = 0
         hf_kw = dict(qformer_input_ids=instr, qformer_attention_mask=instr_mask)
         lab_kw = dict(instruction_ids=instr, instruction_mask=instr_mask)
-    before = kernels.launches.copy()
+    before = lab_kernels.launches.copy()
     with torch.no_grad():
         ref = hf(pixel_values=px, input_ids=ids, attention_mask=mask, **hf_kw).logits
         out = model(px, ids, mask, **lab_kw).logits
-    assert sum((kernels.launches - before).values()) > 0
+    assert sum((lab_kernels.launches - before).values()) > 0
     keep = mask.bool()
     assert (ref - out)[keep].norm() / ref[keep].norm() < 1e-4
 

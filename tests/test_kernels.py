@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels import reference as R
+import lab_kernels
+from lab_kernels import reference as R
 
 SWEEP = settings(max_examples=12, deadline=None)
 
@@ -56,7 +56,7 @@ def _compare(out, ref, ours, theirs, tol=2e-5):
 def test_cross_attention_matches_float64(b, h, nq, nk, d, mask):
     theirs, ours = _pairs((b, h, nq, d), (b, h, nk, d), (b, h, nk, d))
     m = _mask(b, nk, mask)
-    out = kernels.cross_attention(*ours, key_padding_mask=m)
+    out = lab_kernels.cross_attention(*ours, key_padding_mask=m)
     _compare(out, R.cross_attention(*theirs, key_padding_mask=m), ours, theirs)
 
 
@@ -74,7 +74,7 @@ def test_projected_cross_attention_matches_float64(b, heads, d, nq, nk, dx, mask
     dq = heads * d
     theirs, ours = _pairs((b, nq, dq), (b, nk, dx), (dq, dx), (dq,), (dq, dx), (dq,), scale=0.5)
     m = _mask(b, nk, mask)
-    out = kernels.projected_cross_attention(*ours[:6], heads, key_padding_mask=m)
+    out = lab_kernels.projected_cross_attention(*ours[:6], heads, key_padding_mask=m)
     ref = R.projected_cross_attention(*theirs[:6], heads, key_padding_mask=m)
     _compare(out, ref, ours, theirs)
 
@@ -88,7 +88,7 @@ def test_projected_cross_attention_matches_float64(b, heads, d, nq, nk, dx, mask
 )
 def test_mlp_projector_matches_float64(lead, din, dh, dout):
     theirs, ours = _pairs((*lead, din), (dh, din), (dh,), (dout, dh), (dout,), scale=0.5)
-    out = kernels.mlp_projector(*ours)
+    out = lab_kernels.mlp_projector(*ours)
     assert out.shape == (*lead, dout)
     _compare(out, R.mlp_projector(*theirs), ours, theirs)
 
@@ -110,13 +110,13 @@ def _kernel_args(kernel: str) -> tuple[dict, callable, callable]:
     if kernel == "mlp_projector":
         args = {"x": torch.randn(6, 8), "w1": torch.randn(16, 8), "b1": torch.randn(16), "w2": torch.randn(4, 16)}
         args["b2"] = torch.randn(4)
-        return args, kernels.mlp_projector, R.mlp_projector
+        return args, lab_kernels.mlp_projector, R.mlp_projector
     if kernel == "cross_attention":
         args = {k: torch.randn(2, 2, 5, 8) for k in ("q", "k", "v")}
-        return args, kernels.cross_attention, R.cross_attention
+        return args, lab_kernels.cross_attention, R.cross_attention
     args = {"hidden_q": torch.randn(2, 5, 8), "x": torch.randn(2, 7, 12), "wk": torch.randn(8, 12)}
     args |= {"bk": torch.randn(8), "wv": torch.randn(8, 12), "bv": torch.randn(8)}
-    return args, lambda *a: kernels.projected_cross_attention(*a, 2), lambda *a: R.projected_cross_attention(*a, 2)
+    return args, lambda *a: lab_kernels.projected_cross_attention(*a, 2), lambda *a: R.projected_cross_attention(*a, 2)
 
 
 ARGS = {
@@ -142,10 +142,10 @@ def test_triton_kernels_actually_ran(monkeypatch):
 
     for name in ("cross_attention", "projected_cross_attention", "mlp_projector"):
         monkeypatch.setattr(R, name, boom)
-    before = kernels.launches.copy()
+    before = lab_kernels.launches.copy()
     q = torch.randn(1, 2, 4, 8, requires_grad=True)
-    kernels.cross_attention(q, torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)).sum().backward()
-    kernels.projected_cross_attention(
+    lab_kernels.cross_attention(q, torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)).sum().backward()
+    lab_kernels.projected_cross_attention(
         torch.randn(1, 4, 16),
         torch.randn(1, 6, 8),
         torch.randn(16, 8),
@@ -154,8 +154,10 @@ def test_triton_kernels_actually_ran(monkeypatch):
         torch.randn(16),
         2,
     )
-    kernels.mlp_projector(torch.randn(3, 8), torch.randn(16, 8), torch.randn(16), torch.randn(4, 16), torch.randn(4))
-    ran = kernels.launches - before
+    lab_kernels.mlp_projector(
+        torch.randn(3, 8), torch.randn(16, 8), torch.randn(16), torch.randn(4, 16), torch.randn(4)
+    )
+    ran = lab_kernels.launches - before
     assert ran["attn_fwd"] == 1 and ran["attn_bwd"] == 1 and ran["attn_fwd_projected"] == 1
     assert ran["linear_gelu"] == 1 and ran["linear"] == 1
 
@@ -163,7 +165,7 @@ def test_triton_kernels_actually_ran(monkeypatch):
 def test_float16_runs_and_is_close():
     theirs, _ = _pairs((2, 2, 8, 16), (2, 2, 20, 16), (2, 2, 20, 16))
     half = [t.detach().half() for t in theirs]
-    out = kernels.cross_attention(*half)
+    out = lab_kernels.cross_attention(*half)
     assert out.dtype == torch.float16
     assert (out.double() - R.cross_attention(*theirs)).abs().max() < 5e-3
 
@@ -174,8 +176,8 @@ def test_autocast_casts_inputs_like_a_matmul():
     theirs, ours = _pairs((2, 4, 16), (2, 6, 8), (16, 8), (16,), (16, 8), (16,), scale=0.5)
     ours[0] = ours[0].detach().half().requires_grad_()
     with torch.autocast("cpu", dtype=torch.float16):
-        out = kernels.projected_cross_attention(*ours, 2)
-        y = kernels.mlp_projector(
+        out = lab_kernels.projected_cross_attention(*ours, 2)
+        y = lab_kernels.mlp_projector(
             theirs[1].float(), torch.randn(16, 8), torch.randn(16), torch.randn(4, 16), torch.randn(4)
         )
     assert out.dtype == torch.float16 and y.dtype == torch.float16
@@ -187,13 +189,15 @@ def test_autocast_casts_inputs_like_a_matmul():
 def test_shape_dtype_device_errors_are_named():
     q = torch.randn(1, 2, 4, 8)
     with pytest.raises(ValueError, match=r"k/v \[1, 3, 6, 8\] must be \[B=1, H=2, Nk, D=8\]"):
-        kernels.cross_attention(q, torch.randn(1, 3, 6, 8), torch.randn(1, 3, 6, 8))
+        lab_kernels.cross_attention(q, torch.randn(1, 3, 6, 8), torch.randn(1, 3, 6, 8))
     with pytest.raises(ValueError, match="dtype mismatch: k is torch.float16"):
-        kernels.cross_attention(q, torch.randn(1, 2, 6, 8).half(), torch.randn(1, 2, 6, 8))
+        lab_kernels.cross_attention(q, torch.randn(1, 2, 6, 8).half(), torch.randn(1, 2, 6, 8))
     with pytest.raises(ValueError, match=r"key_padding_mask must be \[B=1, Nk=6\]"):
-        kernels.cross_attention(q, torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8), torch.ones(1, 5, dtype=torch.bool))
+        lab_kernels.cross_attention(
+            q, torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8), torch.ones(1, 5, dtype=torch.bool)
+        )
     with pytest.raises(ValueError, match=r"wk must be \[Dq=16, Dx=8\], got \[16, 9\]"):
-        kernels.projected_cross_attention(
+        lab_kernels.projected_cross_attention(
             torch.randn(1, 4, 16),
             torch.randn(1, 6, 8),
             torch.randn(16, 9),
@@ -203,25 +207,25 @@ def test_shape_dtype_device_errors_are_named():
             2,
         )
     with pytest.raises(ValueError, match=r"w1 must be \[Dh, Din=8\], got \[16, 7\]"):
-        kernels.mlp_projector(
+        lab_kernels.mlp_projector(
             torch.randn(3, 8), torch.randn(16, 7), torch.randn(16), torch.randn(4, 16), torch.randn(4)
         )
     with pytest.raises(ValueError, match="masks every key"):
-        kernels.cross_attention(
+        lab_kernels.cross_attention(
             q, torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8), torch.zeros(1, 6, dtype=torch.bool)
         )
 
 
 def test_without_interpreter_falls_back_with_one_warning():
     code = (
-        "import warnings, torch, kernels\n"
+        "import warnings, torch, lab_kernels\n"
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
-        "    for _ in range(2): kernels.mlp_projector(torch.randn(3, 8), torch.randn(16, 8), torch.randn(16),"
+        "    for _ in range(2): lab_kernels.mlp_projector(torch.randn(3, 8), torch.randn(16, 8), torch.randn(16),"
         " torch.randn(4, 16), torch.randn(4))\n"
         "msgs = [str(x.message) for x in w if 'reference implementation' in str(x.message)]\n"
         "assert len(msgs) == 1, msgs\n"
-        "assert sum(kernels.launches.values()) == 0\n"
+        "assert sum(lab_kernels.launches.values()) == 0\n"
         "print('ok')\n"
     )
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
@@ -233,7 +237,7 @@ def test_kernels_compile_for_cuda_without_a_gpu():
     """The interpreter is lenient where the GPU compiler is not: lower every kernel, in each
     constexpr combination the wrappers launch, to an sm_90 cubin (Triton ships ptxas)."""
     code = (
-        "from kernels.compile_check import compile_all\n"
+        "from lab_kernels.compile_check import compile_all\n"
         "lines = compile_all(archs=(90,), dtypes=('fp32', 'bf16'))\n"
         "print(len(lines))\n"
     )

@@ -14,8 +14,8 @@ import os
 import pytest
 import torch
 
-import kernels
-from kernels import reference as R
+import lab_kernels
+from lab_kernels import reference as R
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
@@ -58,7 +58,7 @@ def _check(out, ref, ours, theirs, dtype):
 def test_cross_attention(dtype, b, h, nq, nk, d, masked):
     theirs, ours = _leaves((b, h, nq, d), (b, h, nk, d), (b, h, nk, d), dtype=dtype)
     m = _mask(b, nk) if masked else None
-    out = kernels.cross_attention(*ours, key_padding_mask=m)
+    out = lab_kernels.cross_attention(*ours, key_padding_mask=m)
     _check(out, R.cross_attention(*theirs, key_padding_mask=m), ours, theirs, dtype)
 
 
@@ -70,7 +70,7 @@ def test_projected_cross_attention(dtype, b, heads, d, nq, nk, dx, masked):
     shapes = (b, nq, dq), (b, nk, dx), (dq, dx), (dq,), (dq, dx), (dq,)
     theirs, ours = _leaves(*shapes, dtype=dtype, scale=dx**-0.25)
     m = _mask(b, nk) if masked else None
-    out = kernels.projected_cross_attention(*ours, heads, key_padding_mask=m)
+    out = lab_kernels.projected_cross_attention(*ours, heads, key_padding_mask=m)
     _check(out, R.projected_cross_attention(*theirs, heads, key_padding_mask=m), ours, theirs, dtype)
 
 
@@ -79,7 +79,7 @@ def test_projected_cross_attention(dtype, b, heads, d, nq, nk, dx, masked):
 def test_mlp_projector(dtype, lead, din, dh, dout):
     shapes = (*lead, din), (dh, din), (dh,), (dout, dh), (dout,)
     theirs, ours = _leaves(*shapes, dtype=dtype, scale=din**-0.25)
-    out = kernels.mlp_projector(*ours)
+    out = lab_kernels.mlp_projector(*ours)
     _check(out, R.mlp_projector(*theirs), ours, theirs, dtype)
 
 
@@ -89,7 +89,7 @@ def test_strided_inputs():
     w1, b1 = torch.randn(16, 8, device="cuda"), torch.randn(16, device="cuda")
     w2, b2 = torch.randn(4, 32, device="cuda")[:, ::2], torch.randn(4, device="cuda")
     want = R.mlp_projector(*(t.double() for t in (x, w1, b1, w2, b2)))
-    torch.testing.assert_close(kernels.mlp_projector(x, w1, b1, w2, b2).double(), want, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(lab_kernels.mlp_projector(x, w1, b1, w2, b2).double(), want, atol=2e-2, rtol=2e-2)
 
 
 @pytest.mark.parametrize("name", ["blip2", "llava"])
@@ -108,11 +108,11 @@ def test_model_trains_through_kernels_like_sdpa(name):
     losses, grads = [], []
     for connector in (impl, base):
         model = from_transformers(hf, connector=connector).cuda().train()
-        before = kernels.launches.copy()
+        before = lab_kernels.launches.copy()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(px, ids, mask, labels=labels).loss
         loss.backward()
-        ran = sum((kernels.launches - before).values())
+        ran = sum((lab_kernels.launches - before).values())
         assert (ran > 0) == (connector is impl), f"{name}: {ran} Triton launches"
         losses.append(loss.item())
         grads.append(torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None]))

@@ -34,7 +34,7 @@ class ConnectorConfig(Config):
     perceiver: PerceiverConfig | None = None  # required for kind="perceiver"
     bias: bool = True
     hidden_act: str = "gelu"  # mlp only
-    # mlp only: "triton" runs kernels.mlp_projector (exact GELU, fused); named like qformer.attn_impl
+    # mlp only: "triton" runs lab_kernels.mlp_projector (exact GELU, fused); named like qformer.attn_impl
     mlp_impl: str = "eager"
     # mlp only: "lecun" draws each layer's weights from U(±sqrt(3 / fan_in)), which keeps a feature's
     # scale through the layer; "torch" is nn.Linear's default, U(±sqrt(1 / fan_in)), a third of the
@@ -108,7 +108,7 @@ class MLPConnector(nn.Module):
     def forward(self, features, instruction_ids=None, instruction_mask=None) -> torch.Tensor:
         _refuse_instruction(instruction_ids)
         if self.impl == "triton":
-            from kernels import mlp_projector
+            from lab_kernels import mlp_projector
 
             return mlp_projector(features, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         return self.fc2(self.act(self.fc1(features)))

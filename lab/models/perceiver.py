@@ -56,7 +56,7 @@ class PerceiverAttention(nn.Module):
         kv = torch.cat([self.norm_media(features), latents], dim=1)
         q = self.q(latents)
         if self.impl == "triton":
-            from kernels import projected_cross_attention
+            from lab_kernels import projected_cross_attention
 
             zero = self.k.weight.new_zeros(self.k.weight.shape[0])  # no biases: the kernel adds zeros
             out = projected_cross_attention(q, kv, self.k.weight, zero, self.v.weight, zero, self.heads)

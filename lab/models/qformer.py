@@ -90,7 +90,7 @@ class BertAttention(nn.Module):
         float bias `b 1 nq nk` (stage-1's causal and query-only masks)."""
         dropout = self.dropout if self.training else 0.0
         if self.impl == "triton":
-            from kernels import projected_cross_attention
+            from lab_kernels import projected_cross_attention
 
             out = projected_cross_attention(
                 self.q(x),

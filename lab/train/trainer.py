@@ -7,6 +7,7 @@ with it. A resumed run therefore computes exactly the losses an uninterrupted on
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -15,6 +16,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -45,6 +47,7 @@ from lab.train.checkpoint import (
 from lab.train.config import TrainConfig
 from lab.train.parallel import Parallel
 from lab.train.stages import COMPONENTS, Stage, build_stage
+from lab.versions import versions
 
 log = logging.getLogger("lab")
 
@@ -221,7 +224,7 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
 
     model = par.wrap(stage)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
-    t_start, samples_done = time.perf_counter(), 0
+    t_start, samples_done, launches_before = time.perf_counter(), 0, _kernel_launches()
     stage.train()
     end = min(stop_at or cfg.max_steps, cfg.max_steps)
     with _stop_signals() as stop, _StepLog(run, cfg, step, progress) if main else nullcontext() as record:
@@ -259,6 +262,8 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
         "samples_per_s": samples_done / wall if wall > 0 else None,
         "trainable_parameters": sum(p.numel() for p in params),
         "world_size": world,
+        "versions": versions(),  # python, torch, transformers, triton, peft (lab.versions)
+        "kernel_launches": dict(_kernel_launches() - launches_before),  # per Triton kernel: proof a fused path ran
     }
     if par.fsdp:  # export a plain copy of the stage, built from the gathered tensors
         full = par.model_state(stage)
@@ -403,6 +408,14 @@ def _saved_config(run: RunDir) -> dict:
         return TrainConfig.from_dict(saved).identity()
     except (ConfigError, TypeError):
         return saved
+
+
+def _kernel_launches() -> collections.Counter:
+    """Triton launches so far in this process, per kernel (`lab_kernels.launches`); empty while no fused
+    path has imported the kernels (importing them here would import triton before a caller's
+    TRITON_INTERPRET)."""
+    kernels = sys.modules.get("lab_kernels")
+    return collections.Counter(kernels.launches if kernels else {})
 
 
 def _to(batch: dict, device: torch.device) -> dict:

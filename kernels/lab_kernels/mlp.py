@@ -9,8 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import reference
-from kernels.dispatch import autocast, backend, check, check_same, dot_precision, interpreting, launches
+from lab_kernels import reference
+from lab_kernels.dispatch import autocast, backend, check, check_same, dot_precision, interpreting, launches
 
 
 # C[m, n] = Σ_k A[m, k] W[n, k] + bias[n], then optionally GELU(c) = c · Φ(c) = ½ c (1 + erf(c / √2)).

@@ -1,7 +1,7 @@
 """Compile every kernel for a CUDA target on a machine without a GPU (Triton ships ptxas).
 
 The interpreter runs the kernels on the CPU but accepts code the GPU compiler rejects (and the
-other way round), so `python -m kernels.compile_check` lowers each kernel, in every constexpr
+other way round), so `python -m lab_kernels.compile_check` lowers each kernel, in every constexpr
 combination the wrappers launch, to a cubin for sm_80 and sm_90. Run it without
 TRITON_INTERPRET: interpreted kernels are not compilable objects."""
 
@@ -39,11 +39,11 @@ def compile_all(archs=ARCHS, dtypes=("fp32", "fp16")) -> list[str]:
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from kernels.attention_triton import attn_bwd_dkdv, attn_bwd_dq, attn_fwd
-    from kernels.mlp import linear_kernel
+    from lab_kernels.attention_triton import attn_bwd_dkdv, attn_bwd_dq, attn_fwd
+    from lab_kernels.mlp import linear_kernel
 
     if not isinstance(attn_fwd, triton.runtime.JITFunction):
-        raise RuntimeError("kernels.compile_check: unset TRITON_INTERPRET; interpreted kernels cannot be compiled")
+        raise RuntimeError("lab_kernels.compile_check: unset TRITON_INTERPRET; interpreted kernels cannot be compiled")
     done = []
     plans = [(k, _attention_signatures) for k in (attn_fwd, attn_bwd_dkdv, attn_bwd_dq)]
     plans.append((linear_kernel, _linear_signatures))

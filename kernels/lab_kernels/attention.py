@@ -6,9 +6,9 @@ import torch
 import triton
 from einops import rearrange
 
-from kernels import reference
-from kernels.attention_triton import attn_bwd_dkdv, attn_bwd_dq, attn_fwd
-from kernels.dispatch import autocast, backend, check, check_same, dot_precision, launches
+from lab_kernels import reference
+from lab_kernels.attention_triton import attn_bwd_dkdv, attn_bwd_dq, attn_fwd
+from lab_kernels.dispatch import autocast, backend, check, check_same, dot_precision, launches
 
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
 
