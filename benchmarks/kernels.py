@@ -1,7 +1,8 @@
 """Kernel benchmark: Triton vs eager, SDPA, xformers (if installed) and torch.compile.
 
-    python -m benchmarks.kernels            # CUDA: triton.testing.do_bench at the issue's shapes
-    python -m benchmarks.kernels --cpu      # CPU: small shapes, Triton under the interpreter
+    python -m benchmarks.kernels               # CUDA: triton.testing.do_bench at the papers' shapes
+    python -m benchmarks.kernels --gpu-check   # CUDA: correctness, timings, end to end (benchmarks/gpu_check.py)
+    python -m benchmarks.kernels --cpu         # CPU: small shapes, Triton under the interpreter
 
 Shapes (CUDA): Q-Former cross-attention B=256, Nq=32, Nk=257, Dx=1408, Dq=768, 12 heads;
 LLaVA-1.5 projector 9,216 tokens, 1024 -> 4096 -> 4096. Writes benchmarks/results/kernels_<device>.json
@@ -178,8 +179,8 @@ def plot(result: dict, path: Path) -> None:
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key in zip(axes, ("attention", "mlp"), strict=True):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for ax, key in zip(axes[:2], ("attention", "mlp"), strict=True):
         rows = [r for r in result[key] if "ms" in r.get("fwd", {})]
         names = [r["impl"] for r in rows]
         xs = range(len(rows))
@@ -189,15 +190,57 @@ def plot(result: dict, path: Path) -> None:
         ax.set_ylabel("ms (lower is better)")
         ax.set_title(f"{key} — {result['device']}", fontsize=9)
         ax.legend()
+    roofline(axes[2], result)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def roofline(ax, result: dict) -> None:
+    """Achieved TFLOP/s against arithmetic intensity (FLOPs per byte that must move), under the
+    device's compute and bandwidth roofs: how far each pass is from what the GPU allows."""
+    peak = next((v for k, v in PEAK.items() if k in result["device"]), None)
+    if peak is None:
+        ax.set_title("roofline: no peak figures for this device")
+        return
+    xs = [1, 1e4]
+    ax.loglog(xs, [min(peak[0], x * peak[1]) / 1e12 for x in xs], "k-", lw=1)
+    ax.loglog([peak[0] / peak[1]] * 2, [1, peak[0] / 1e12], "k:", lw=0.8)
+    for key in ("attention", "mlp"):
+        for r in result[key]:
+            for mode, marker in (("fwd", "o"), ("fwd+bwd", "s")):
+                e = r.get(mode, {})
+                if "tflops" in e and e.get("gbps"):
+                    ax.scatter(e["tflops"] * 1e3 / e["gbps"], e["tflops"], marker=marker, s=18)
+                    ax.annotate(
+                        f"{key[:4]} {r['impl'][:12]} {mode}", (e["tflops"] * 1e3 / e["gbps"], e["tflops"]), fontsize=5
+                    )
+    ax.set_xlabel("FLOPs per byte")
+    ax.set_ylabel("TFLOP/s")
+    ax.set_title(f"roofline — {result['device']}", fontsize=9)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu", action="store_true", help="run on the CPU under Triton's interpreter, small shapes")
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    ap.add_argument("--gpu-check", action="store_true", help="all the GPU work in one run (benchmarks/gpu_check.py)")
     args = ap.parse_args()
+    if args.gpu_check:
+        if not torch.cuda.is_available():
+            sys.exit("--gpu-check needs a CUDA device")
+        from benchmarks.gpu_check import gpu_check
+
+        result = gpu_check()
+        name = torch.cuda.get_device_name()
+        tag = next((k.lower() for k in PEAK if k in name), name.split()[-1].lower())
+        timed = result.get("timings_bfloat16") or result.get("timings_float16") or {}
+        result |= {"device": name, "commit": timed.get("commit"), "torch": torch.__version__}
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"kernels_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+        if timed:
+            plot(timed, RESULTS / f"kernels_{tag}.png")
+        print(json.dumps(result, indent=2))
+        return
     if args.cpu:
         if os.environ.get("TRITON_INTERPRET") != "1":
             sys.exit("set TRITON_INTERPRET=1 for --cpu (before Python starts)")

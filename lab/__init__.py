@@ -18,4 +18,12 @@ def save_pretrained(model, path, **kwargs):
     return _save(model, path, **kwargs)
 
 
-__all__ = ["VisionLanguageModel", "VLMConfig", "load_pretrained", "save_pretrained"]
+def load_processor(path, **kwargs):
+    """The checkpoint's processor: images and prompts -> the model's inputs, as its own processor
+    prepares them (image preprocessing, chat template, placeholders); `lab.data.processor`."""
+    from lab.convert.processor import load_processor as _load
+
+    return _load(path, **kwargs)
+
+
+__all__ = ["VisionLanguageModel", "VLMConfig", "load_pretrained", "load_processor", "save_pretrained"]

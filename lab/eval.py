@@ -65,6 +65,20 @@ def answer(model: VisionLanguageModel, tok, samples, max_new_tokens: int = 8, co
 
 
 @torch.no_grad()
+def replies(model: VisionLanguageModel, processor, batch: dict, max_new_tokens: int = 32, streamer=None) -> list[str]:
+    """Greedy replies to a processor's batch (`lab.load_processor`), decoded as the checkpoint's tokenizer does."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    out = model.generate(
+        **batch, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer, **processor.generation_ids()
+    )
+    start = 0 if model.cfg.llm.family == "t5" else batch["input_ids"].shape[1]  # T5 returns decoder tokens
+    eos = processor.generation_ids().get("eos_token_id")
+    rows = [r[: r.index(eos)] if eos in r else r for r in out[:, start:].tolist()]
+    return [processor.decode(r).strip() for r in rows]
+
+
+@torch.no_grad()
 def rank(model: VisionLanguageModel, tok, samples, candidates, collator=None) -> list[str]:
     """For each sample, the candidate answer the model finds most likely after the prompt (log-
     likelihood summed over the answer's tokens and <eos>): InstructBLIP's "vocabulary ranking" for
@@ -218,14 +232,17 @@ def evaluate_scenes(
     }
 
 
-def evaluate_llava(model: VisionLanguageModel, tok, path: str, image_folder: str, batch_size: int = 32) -> dict:
-    """Exact match (case and whitespace folded) of the reply with each record's last assistant turn."""
+def evaluate_llava(model: VisionLanguageModel, processor, path: str, image_folder: str, batch_size: int = 32) -> dict:
+    """Exact match (case and whitespace folded) of the reply with each record's last assistant turn.
+    Images and prompts go through the checkpoint's processor (`lab.load_processor`): its image
+    preprocessing, and its chat template for a transformers checkpoint."""
     model.eval()
-    ds = LlavaJSON(path, image_folder, model.cfg.vision.image_size)
+    ds = LlavaJSON(path, image_folder, image_size=None)  # the files' own pixels: the processor prepares them
     hits = 0
     for i in range(0, len(ds), batch_size):
         chunk = [ds[j] for j in range(i, min(len(ds), i + batch_size))]
-        for s, reply in zip(chunk, answer(model, tok, chunk, 32), strict=True):
+        batch = processor(images=[s.image for s in chunk], conversations=[s.turns[:-1] for s in chunk])
+        for s, reply in zip(chunk, replies(model, processor, batch, 32), strict=True):
             hits += normalize(reply) == normalize(s.turns[-1][1])
     return {"acc": {"llava": hits / len(ds)}, "exact_match": hits / len(ds), "n": len(ds)}
 
@@ -252,13 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.checkpoint)
     try:
         model = lab.load_pretrained(folder)
-        tok = load_tokenizer(folder, model.cfg.image_token_id)
         t0 = time.perf_counter()
         if args.data:
             if not args.image_folder:
                 raise ValueError("--data needs --image-folder")
-            result = evaluate_llava(model, tok, args.data, args.image_folder)
+            result = evaluate_llava(model, lab.load_processor(folder, cfg=model.cfg), args.data, args.image_folder)
         else:
+            tok = load_tokenizer(folder, model.cfg.image_token_id)
             saved = RunDir(folder).train_config()
             data = SceneDataConfig.from_dict(saved["data"]) if saved else SceneDataConfig()
             result = evaluate_scenes(model, tok, data, per_family=args.per_family, split=args.split)

@@ -2,9 +2,10 @@
 
     OUT/
       model.safetensors, config.json | lab_config.json, tokenizer.json   the model (`lab.load_pretrained`)
+      preprocessor_config.json   how the run prepared its images (`lab.data.image_processor`)
       train_config.json   the resolved TrainConfig (what `--resume` must match)
       trainable.json      what the stage trains and why (`lab.train.trainable`)
-      run.json            stage, components holding trained weights, throughput
+      run.json            stage, components holding trained weights, throughput, software versions
       metrics.jsonl       one line per optimizer step
       heads/model.safetensors   the stage's own heads (contrastive, stage 1), outside the VLM
       retrieval/          stage 1 only: the run as transformers' Blip2ForImageTextRetrieval

@@ -16,3 +16,10 @@ def stage0(tmp_path_factory):
     train(cfg("vision", 3), root / "vision", progress=False)
     train(cfg("lm", 3), root / "lm", progress=False)
     return root
+
+
+# LLaVA records and image checks are cached per user (lab.data.llava.cache_root); the tests keep theirs apart.
+if "LAB_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["LAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="lab-test-cache-")

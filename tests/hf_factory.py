@@ -53,7 +53,19 @@ def vision(hidden=32, heads=4, layers=2, image=32, patch=8):
     )
 
 
-def blip2(instruct=False, vis=None, text=None, q_hidden=32, q_heads=4, q_layers=2, freq=1, queries=4, seed=0):
+def blip2(
+    instruct=False,
+    vis=None,
+    text=None,
+    q_hidden=32,
+    q_heads=4,
+    q_layers=2,
+    freq=1,
+    queries=4,
+    seed=0,
+    q_vocab=64,
+    image_token=IMAGE_TOKEN,
+):
     torch.manual_seed(seed)
     vis = vis or vision()
     qformer = dict(
@@ -63,7 +75,7 @@ def blip2(instruct=False, vis=None, text=None, q_hidden=32, q_heads=4, q_layers=
         num_attention_heads=q_heads,
         encoder_hidden_size=vis["hidden_size"],
         cross_attention_frequency=freq,
-        vocab_size=64,
+        vocab_size=q_vocab,
     )
     cls, model_cls = (
         (tf.InstructBlipConfig, tf.InstructBlipForConditionalGeneration)
@@ -75,7 +87,7 @@ def blip2(instruct=False, vis=None, text=None, q_hidden=32, q_heads=4, q_layers=
         qformer_config=qformer,
         text_config=text or llama(),
         num_query_tokens=queries,
-        image_token_index=IMAGE_TOKEN,
+        image_token_index=image_token,
     )
     return _untie_t5(_randomize(model_cls(cfg)), cfg.text_config)
 
@@ -89,13 +101,13 @@ def _untie_t5(model, text_cfg):
     return model
 
 
-def llava(vis=None, text=None, feature_layer=-2, strategy="default", seed=0):
+def llava(vis=None, text=None, feature_layer=-2, strategy="default", seed=0, image_token=IMAGE_TOKEN):
     torch.manual_seed(seed)
     vis = vis or vision()
     cfg = tf.LlavaConfig(
         vision_config=tf.CLIPVisionConfig(**vis).to_dict(),
         text_config=text or llama(),
-        image_token_index=IMAGE_TOKEN,
+        image_token_index=image_token,
         vision_feature_layer=feature_layer,
         vision_feature_select_strategy=strategy,
     )

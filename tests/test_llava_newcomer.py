@@ -63,7 +63,7 @@ def test_llava_json_run_learns_like_the_native_path(tmp_path):
 
     llava = evaluate_llava(
         lab.load_pretrained(tmp_path / "llava"),
-        load_tokenizer(tmp_path / "llava"),
+        lab.load_processor(tmp_path / "llava"),
         str(val_json),
         str(tmp_path / "val"),
     )["exact_match"]

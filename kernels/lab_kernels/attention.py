@@ -10,17 +10,14 @@ from lab_kernels import reference
 from lab_kernels.attention_triton import attn_bwd_dkdv, attn_bwd_dq, attn_fwd
 from lab_kernels.dispatch import autocast, backend, check, check_same, dot_precision, launches
 
-BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
+BLOCK_M = 32
 
 
 def _blocks(nq: int, d: int) -> dict:
-    # Small query counts (Q-Former: 32) fit one block; tl.dot needs every dim >= 16.
-    return dict(
-        BLOCK_M=max(16, min(BLOCK_M, triton.next_power_of_2(nq))),
-        BLOCK_N=BLOCK_N,
-        BLOCK_D=max(16, triton.next_power_of_2(d)),
-        BLOCK_K=BLOCK_K,
-    )
+    """The tiles fixed by the shapes: small query counts (Q-Former: 32) fit one block, the head dim is
+    padded to a power of two; tl.dot needs every dim >= 16. BLOCK_N and BLOCK_K are autotuned
+    (`lab_kernels.tiles`)."""
+    return dict(BLOCK_M=max(16, min(BLOCK_M, triton.next_power_of_2(nq))), BLOCK_D=max(16, triton.next_power_of_2(d)))
 
 
 def _heads(t: torch.Tensor, h: int) -> tuple[int, int, int, int]:
@@ -75,7 +72,7 @@ class _Attention(torch.autograd.Function):
             q, k, v, x, wk, bk, wv, bv, mask_t, num_heads, scale, q_strides, nq, nk, d
         )
         common = (q, kv, mask_p, dout, lse, delta)  # dO and dQ have Q's strides, dV dK's
-        grid_kv = (triton.cdiv(nk, consts["BLOCK_N"]), b * num_heads)
+        grid_kv = lambda meta: (triton.cdiv(nk, meta["BLOCK_N"]), b * num_heads)  # noqa: E731
         attn_bwd_dkdv[grid_kv](*common, dk, dv, *strides, tuple(dk_strides), *sizes, **consts)
         grid_q = (triton.cdiv(nq, consts["BLOCK_M"]), b * num_heads)
         attn_bwd_dq[grid_q](*common, dq, *strides, *sizes, **consts)

@@ -17,6 +17,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from lab_kernels.tiles import choices
+
+# One tuning per problem shape and variant: the tiles that win depend on these, not on the batch.
+TUNE_KEY = ["NQ", "NK", "D", "DX", "HAS_MASK", "PROJECT"]
+
 
 @triton.jit
 def _tile(s, b, h, offs_r, offs_d, NR, D):
@@ -81,6 +86,7 @@ def _row_stats(LSE, DELTA, pid_bh, offs_m, NQ):
 # In SRAM: the Q tile [BLOCK_M, BLOCK_D], one K and one V tile [BLOCK_N, BLOCK_D] at a time (with
 # PROJECT, built from x tiles [BLOCK_N, BLOCK_K] and weight tiles [BLOCK_K, BLOCK_D]), and the
 # running m, l [BLOCK_M] and accumulator [BLOCK_M, BLOCK_D] in fp32. Grid: (query blocks, B·H).
+@triton.autotune(configs=choices("attention"), key=TUNE_KEY)
 @triton.jit
 def attn_fwd(
     Q, KV, MASK, O, LSE,
@@ -126,6 +132,7 @@ def attn_fwd(
 # `attn_bwd_dq` owns a block of queries and loops over every key block (dQ tile [BLOCK_M,
 # BLOCK_D]). With PROJECT both recompute K and V from x exactly as the forward did; the weight
 # and input gradients follow outside as dense GEMMs: dx = dK Wk + dV Wv, dWk = dKᵀ x, dbk = Σ dK.
+@triton.autotune(configs=choices("attention"), key=TUNE_KEY)
 @triton.jit
 def attn_bwd_dkdv(
     Q, KV, MASK, DO, LSE, DELTA, DK, DV,
@@ -159,6 +166,7 @@ def attn_bwd_dkdv(
     tl.store(DV + dk_at, dv.to(DV.dtype.element_ty), mask=kv_mask)  # DV has DK's strides
 
 
+@triton.autotune(configs=choices("attention"), key=TUNE_KEY)
 @triton.jit
 def attn_bwd_dq(
     Q, KV, MASK, DO, LSE, DELTA, DQ,

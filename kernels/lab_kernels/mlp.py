@@ -10,7 +10,8 @@ import triton
 import triton.language as tl
 
 from lab_kernels import reference
-from lab_kernels.dispatch import autocast, backend, check, check_same, dot_precision, interpreting, launches
+from lab_kernels.dispatch import autocast, backend, check, check_same, dot_precision, launches
+from lab_kernels.tiles import choices
 
 
 # C[m, n] = Σ_k A[m, k] W[n, k] + bias[n], then optionally GELU(c) = c · Φ(c) = ½ c (1 + erf(c / √2)).
@@ -19,6 +20,7 @@ from lab_kernels.dispatch import autocast, backend, check, check_same, dot_preci
 # [BLOCK_M, BLOCK_K] and a Wᵀ tile [BLOCK_K, BLOCK_N] in SRAM, the accumulator in fp32. Bias and
 # GELU are the epilogue, applied to the accumulator before the single store, so the GELU input
 # never reaches memory. Grid: (M / BLOCK_M, N / BLOCK_N).
+@triton.autotune(configs=choices("linear"), key=["M", "N", "K", "GELU"])
 @triton.jit
 def linear_kernel(
     A,
@@ -68,22 +70,14 @@ def linear_kernel(
     )
 
 
-def _config() -> dict:
-    # Fixed tiles: autotuning with several configs fails under the interpreter.
-    if interpreting():
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, num_warps=4)
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
-
-
 def linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, gelu: bool) -> torch.Tensor:
     """a `m k`, w `n k` -> `m n` through the Triton GEMM."""
     m, k = a.shape
     n = w.shape[0]
     c = torch.empty(m, n, device=a.device, dtype=a.dtype)
-    cfg = _config()
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
     linear_kernel[grid](
-        a, w, bias, c, m, n, k, *a.stride(), *w.stride(), *c.stride(), GELU=gelu, PREC=dot_precision(a.dtype), **cfg
+        a, w, bias, c, m, n, k, *a.stride(), *w.stride(), *c.stride(), GELU=gelu, PREC=dot_precision(a.dtype)
     )
     launches["linear_gelu" if gelu else "linear"] += 1
     return c

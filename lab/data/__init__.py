@@ -1,7 +1,8 @@
 """Data: procedural scenes and their tasks, the word tokenizer, LLaVA JSON, the collator."""
 
 from lab.data.collate import IGNORE, Collator, pixels
-from lab.data.datasets import SPLITS, LlavaJSON, Sample, SceneDataConfig, SceneTasks, Shuffled, export_llava
+from lab.data.datasets import SPLITS, Sample, SceneDataConfig, SceneTasks, Shuffled, export_llava
+from lab.data.llava import BadImage, LlavaJSON
 from lab.data.scenes import Scene, SceneConfig, render, sample_scene
 from lab.data.tasks import FAMILIES, HELD_IN, HELD_OUT, caption, make_task, normalize, slot_recall, vocabulary
 from lab.data.tokenizer import HFTokenizer, WordTokenizer, load_tokenizer
@@ -18,6 +19,7 @@ __all__ = [
     "HELD_OUT",
     "IGNORE",
     "Collator",
+    "BadImage",
     "HFTokenizer",
     "LlavaJSON",
     "SPLITS",

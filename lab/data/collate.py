@@ -7,11 +7,13 @@ Training batches are right-padded; generation prompts are left-padded (what `gen
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from einops import rearrange
+from torch.utils.data import get_worker_info
 
 from lab.data.datasets import Sample
 from lab.data.tokenizer import IMAGE
@@ -19,10 +21,43 @@ from lab.data.tokenizer import IMAGE
 IGNORE = -100
 
 
+_UINT8 = False  # inside `uint8_pixels()`: batches keep their pixels as bytes
+
+
+@contextlib.contextmanager
+def uint8_pixels():
+    """Collate with `pixel_values` left as uint8 `b 3 H W`, for `float_pixels` to finish on the
+    training device: a loader worker hands over a quarter of the bytes (and a GPU receives them)."""
+    global _UINT8
+    before, _UINT8 = _UINT8, True
+    try:
+        yield
+    finally:
+        _UINT8 = before
+
+
+def float_pixels(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> floats in [-1, 1], the same arithmetic wherever it runs."""
+    return x.float().div(127.5).sub(1.0)
+
+
+def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor in shared memory (`share_memory_` would copy its garbage there)."""
+    n = int(np.prod(shape))
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # torch's own, for DataLoader batches
+    if new_shared is None:
+        return torch.empty(shape, dtype=torch.uint8).share_memory_()
+    return torch.empty(0, dtype=torch.uint8).set_(new_shared(n)).view(shape)
+
+
 def pixels(images: Sequence[np.ndarray]) -> torch.Tensor:
-    """uint8 `H W 3` images -> `b 3 H W` floats in [-1, 1]."""
-    x = torch.from_numpy(np.stack(images)).float().div(127.5).sub(1.0)
-    return rearrange(x, "b h w c -> b c h w")
+    """uint8 `H W 3` images -> `b 3 H W` floats in [-1, 1] (uint8 inside `uint8_pixels()`)."""
+    if _UINT8 and get_worker_info() is not None:  # a loader worker: stacked straight into shared memory,
+        out = _shared_uint8((len(images), *images[0].shape))  # not copied there when the batch is sent
+        np.stack(images, out=out.numpy())
+        return rearrange(out, "b h w c -> b c h w")
+    x = rearrange(torch.from_numpy(np.stack(images)), "b h w c -> b c h w")
+    return x if _UINT8 else float_pixels(x)
 
 
 def pad_right(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,15 +175,10 @@ class Collator:
         return batch
 
 
-def check_lengths(data, collator: Collator, name: str) -> int:
-    """Every record of a finite data set (`data.text_sample(i)`: its turns, no image decoded)
-    against the collator's `max_length`, before step 1. Too long without `truncate`, or not
-    cuttable: one error naming the first five records, their lengths, and how many in all.
-    Returns how many records `truncate` will cut (the caller logs it)."""
-    if collator.max_length is None:
-        return 0
+def too_long(data, collator: Collator, indices) -> tuple[list[str], int]:
+    """(problems, records to cut) among `indices` of `data` (`data.text_sample(i)`: turns only)."""
     bad, cut = [], 0
-    for i in range(len(data)):
+    for i in indices:
         sample = data.text_sample(i)
         if len(collator.encode_full(sample)[0]) <= collator.max_length:
             continue
@@ -156,7 +186,22 @@ def check_lengths(data, collator: Collator, name: str) -> int:
             collator.encode(sample)  # raises unless truncate may cut it
             cut += 1
         except SequenceTooLong as e:
-            bad.append(f"record {i}: {e}")
+            bad.append(f"record {sample.record if sample.record is not None else i}: {e}")
+    return bad, cut
+
+
+def check_lengths(data, collator: Collator, name: str, checked=None) -> int:
+    """Every record of a finite data set against the collator's `max_length`, before step 1. Too
+    long without `truncate`, or not cuttable: one error naming the first five records, their lengths,
+    and how many in all. Returns how many records `truncate` will cut (the caller logs it).
+    `checked(collator)`, if given, returns (problems, cut) itself (LlavaJSON's cached, parallel pass),
+    or None where the check is left to the loader (at a scale where it would hold up step 1)."""
+    if collator.max_length is None:
+        return 0
+    found = checked(collator) if checked else too_long(data, collator, range(len(data)))
+    if found is None:
+        return 0
+    bad, cut = found
     if bad:
         hint = "" if collator.truncate else "; set data.truncate=true to cut them"
         raise SequenceTooLong(f"{name}: {len(bad)} of {len(data)} records are too long ({'; '.join(bad[:5])}){hint}")

@@ -28,6 +28,8 @@ class Sample:
     turns: list[tuple[str, str]]  # ("human" | "gpt", text); the first human turn holds <image>
     family: str = ""
     scene: Scene | None = None
+    skipped: int = 0  # records passed over for an image that would not decode (LlavaJSON, bad_images="skip")
+    record: int | None = None  # its record in a LLaVA JSON file: what an error names
 
 
 @dataclasses.dataclass
@@ -46,8 +48,13 @@ class SceneDataConfig(Config):
     # LLaVA JSON: a conversation longer than the LLM's positions is an error naming it; with
     # truncate, it is cut at its end (the count is logged). Scene samples are always short.
     truncate: bool = False
+    # DataLoader worker processes that build batches (`lab.train.loader`); None: the CPUs the run may
+    # use. Which samples form a step does not depend on it, so it is not part of a run's identity.
+    workers: int | None = None
 
     def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0 (0: load in the training loop), got {self.workers}")
         if isinstance(self.scene, dict):
             self.scene = SceneConfig.from_dict(self.scene)
         check_choice("data.stream", self.stream, STREAMS)
@@ -104,104 +111,6 @@ class SceneTasks:
         return Sample(image, [("human", text), ("gpt", answer)], family, scene)
 
 
-def read_llava_records(path: str | Path) -> list:
-    """The JSON list of a LLaVA file; a missing file, bad JSON or no records is one clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LLaVA data file {path} does not exist")
-    try:
-        records = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f" (line {e.lineno}, column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
-        raise ValueError(f"{path} is not valid JSON{where}") from None
-    if not isinstance(records, list) or not records:
-        raise ValueError(f"{path} holds no records: an empty data set cannot be trained on")
-    return records
-
-
-def llava_texts(records: list):
-    """Every turn's text, skipping malformed records (the loader names those): a tokenizer's corpus."""
-    for r in records:
-        turns = r.get("conversations") if isinstance(r, dict) else None
-        for t in turns if isinstance(turns, list) else ():
-            if isinstance(t, dict) and isinstance(t.get("value"), str):
-                yield t["value"]
-
-
-class LlavaJSON:
-    """LLaVA's instruction format: a JSON list of {"image", "conversations": [{"from", "value"}]}.
-
-    Every record is checked when the file is read, so a missing image or a turn without
-    `<image>` is reported with its record index before training starts, not mid-run."""
-
-    def __init__(self, path: str | Path, image_folder: str | Path, image_size: int) -> None:
-        path, folder = Path(path), Path(image_folder)
-        records = read_llava_records(path)
-        self.records, self.folder, self.image_size = records, folder, image_size
-        bad = [(i, why) for i, r in enumerate(records) if (why := self._problem(r))]
-        if any(isinstance(r, dict) and "image" in r for r in records):  # a batch is all-image or all-text
-            bad += [
-                (i, "no 'image', among records with images")
-                for i, r in enumerate(records)
-                if isinstance(r, dict) and "image" not in r
-            ]
-            bad.sort()
-        if bad:
-            shown = "; ".join(f"record {i}: {why}" for i, why in bad[:5])
-            raise ValueError(f"{path}: {len(bad)} of {len(records)} records are unusable ({shown})")
-
-    def _problem(self, r) -> str | None:
-        """Why a record cannot be trained on, or None. Images are opened and decoded here, so a
-        broken file stops the run before step 1, not hours into it."""
-        from PIL import Image
-
-        turns = r.get("conversations") if isinstance(r, dict) else None
-        if not isinstance(turns, list) or not turns:
-            return "no 'conversations' list"
-        if not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns):
-            return "a turn without a text 'value'"
-        roles = [t.get("from") for t in turns]
-        chat = roles[1:] if roles[0] == "system" else roles
-        if not chat or chat[::2] != ["human"] * len(chat[::2]) or chat[1::2] != ["gpt"] * len(chat[1::2]):
-            return f"turns must alternate human, gpt (after one optional system turn), got {roles}"
-        if "gpt" not in chat:
-            return "no assistant ('gpt') turn to train on"
-        if "image" not in r:
-            return None  # text-only: no <image> placeholder, no visual tokens (all records, or none)
-        if not isinstance(r["image"], str):
-            return f"'image' must be a file name, got {r['image']!r}"
-        if sum(t["value"].count(IMAGE) for t in turns) != 1:
-            return f"an image but not exactly one {IMAGE} in its turns"
-        try:
-            with Image.open(self.folder / r["image"]) as im:
-                im.load()
-        except (OSError, ValueError) as e:
-            return f"image {self.folder / r['image']} does not open ({type(e).__name__})"
-        return None
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def text_sample(self, i: int) -> Sample:
-        """Record i with its turns but without decoding its image (a 0-pixel stand-in marks that
-        it has one): what a length check needs."""
-        r = self.records[i]
-        image = np.zeros((0, 0, 3), dtype=np.uint8) if "image" in r else None
-        return Sample(image, [(t["from"], t["value"]) for t in r["conversations"]], family=r.get("family", "llava"))
-
-    def __getitem__(self, i: int) -> Sample:
-        from PIL import Image
-
-        r = self.records[i]
-        image = None
-        if "image" in r:
-            with Image.open(self.folder / r["image"]) as im:
-                im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
-                image = np.asarray(im, dtype=np.uint8)
-        turns = [(t["from"], t["value"]) for t in r["conversations"]]  # human, gpt, or a leading system
-        return Sample(image, turns, family=r.get("family", "llava"))
-
-
 class Shuffled:
     """An endless, seeded pass over a finite data set: index `i` is item perm_{i // n}[i % n]."""
 
@@ -210,8 +119,10 @@ class Shuffled:
 
     def __getitem__(self, i: int) -> Sample:
         n = len(self.data)
-        perm = np.random.default_rng([self.seed, i // n]).permutation(n)
-        return self.data[int(perm[i % n])]
+        epoch = i // n
+        if getattr(self, "_epoch", None) != epoch:  # one permutation per epoch, not per sample
+            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(n)
+        return self.data[int(self._perm[i % n])]
 
 
 def export_llava(cfg: SceneDataConfig, split: str, n: int, folder: str | Path, image_size: int = 64) -> Path:

@@ -19,6 +19,7 @@ GENERATION_DEFAULTS = {
     "repetition_penalty": 1.0,
     "eos_token_id": None,
     "pad_token_id": None,
+    "streamer": None,  # transformers' streamer interface: put(new tokens `b 1`) per step, then end()
 }
 
 
@@ -123,6 +124,7 @@ def generate(
     min_new_tokens: int = 0,
     repetition_penalty: float = 1.0,
     length_penalty: float = 1.0,
+    streamer=None,
 ) -> torch.Tensor:
     """`start_ids` plus new tokens: the prompt for a decoder-only LLM (`CausalDecoding`), the
     decoder start token for T5 (`T5Decoding`), as transformers returns them. `eos_token_id` (one id
@@ -136,6 +138,8 @@ def generate(
         return start_ids
     eos = eos_ids(eos_token_id)
     if num_beams > 1:
+        if streamer is not None:
+            raise ValueError("streaming is greedy or sampled decoding only: beams change their past tokens")
         return _beam_search(decoding, start_ids, max_new_tokens, num_beams, eos, length_penalty)
     b = start_ids.shape[0]
     pad = pad_token_id if pad_token_id is not None else eos[0] if eos else 0
@@ -157,9 +161,13 @@ def generate(
             token = torch.where(done, torch.full_like(token, pad), token)
             done |= torch.isin(token, eos_t)
         out.append(token[:, None])
+        if streamer is not None:
+            streamer.put(token[:, None].cpu())
         if (eos and bool(done.all())) or step == max_new_tokens - 1:
             break
         logits = decoding.step(token[:, None])
+    if streamer is not None:
+        streamer.end()
     return torch.cat(out, dim=1)
 
 

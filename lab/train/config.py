@@ -78,6 +78,9 @@ class TrainConfig(Config):
     seed: int = 0
     llava_data: str = ""  # LLaVA-format JSON instead of generated scenes
     image_folder: str = ""
+    # LLaVA JSON: an unusable record (its turns, or an image that does not open or decode) stops the run,
+    # naming it ("stop"), or is left out and counted ("skip"; in the loader the next record stands in).
+    bad_images: str = "stop"
     bf16: bool = True  # autocast on CUDA only
     strategy: str = "ddp"  # several processes (torchrun): "ddp" or "fsdp" (FSDP2; lab.train.parallel)
     # stage lm: loss on the "answer" tokens only, or on "all" text tokens. Measured (4-layer LM,
@@ -92,14 +95,18 @@ class TrainConfig(Config):
     handoff_weight: float = 0.0
 
     def identity(self) -> dict:
-        """What a run's result depends on: the whole config but how often it saves and whether it
-        compiles. A resumed run must match it, and it is saved as the run's train_config.json. A loss
-        that is off computes nothing, so `handoff_weight=0` is left out: runs from before it keep theirs."""
+        """What a run's result depends on: the whole config but how often it saves, whether it
+        compiles and how many processes load its data. A resumed run must match it, and it is saved
+        as the run's train_config.json. A loss that is off computes nothing, so `handoff_weight=0` is
+        left out: runs from before it keep theirs (likewise `bad_images="stop"`)."""
         d = self.to_dict()
         d.pop("save_every")
         d.pop("compile")
+        d["data"].pop("workers")  # how batches are built, not which: runs with any number agree exactly
         if not self.handoff_weight:
             d.pop("handoff_weight")
+        if self.bad_images == "stop":  # a run that stops on a bad record trains on the records as given
+            d.pop("bad_images")
         return d
 
     def __post_init__(self) -> None:
@@ -115,6 +122,7 @@ class TrainConfig(Config):
         check_choice("stage", self.stage, STAGE_NAMES)
         check_choice("lm_loss", self.lm_loss, ("all", "answer"))
         check_choice("strategy", self.strategy, ("ddp", "fsdp"))
+        check_choice("bad_images", self.bad_images, ("stop", "skip"))
         if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"batch_size {self.batch_size} must be a positive multiple of grad_accum {self.grad_accum}"

@@ -105,10 +105,17 @@ class Stage(nn.Module):
         log.info("stage %s: %d trainable parameters%s\n%s", self.name, n, heads, table(self.decisions, counts))
         return self.decisions
 
-    def dataset(self, split: str):
+    def dataset(self, split: str, workers: int = 1):
+        """The split's samples; LLaVA JSON is checked before step 1 on `workers` processes."""
         if self.cfg.llava_data:
-            data = LlavaJSON(self.cfg.llava_data, self.cfg.image_folder, self.cfg.model.vision.image_size)
-            cut = check_lengths(data, self.collator, self.cfg.llava_data)
+            data = LlavaJSON(
+                self.cfg.llava_data,
+                self.cfg.image_folder,
+                self.cfg.model.vision.image_size,
+                workers=max(1, workers),
+                bad_images=self.cfg.bad_images,
+            )
+            cut = check_lengths(data, self.collator, self.cfg.llava_data, checked=data.lengths)
             if cut:
                 log.info("data.truncate: %d of %d records cut to %d tokens", cut, len(data), self.collator.max_length)
             return Shuffled(data, self.cfg.seed) if split == "train" else data
@@ -198,7 +205,8 @@ class LMStage(Stage):
         super().__init__(cfg, tokenizer)
         self.collator = Collator(tokenizer, 0, train_on="all" if cfg.lm_loss == "all" else "assistant")
 
-    def dataset(self, split: str):
+    def dataset(self, split: str, workers: int = 1):
+        """The split's samples; LLaVA JSON is checked before step 1 on `workers` processes."""
         if self.cfg.llava_data:
             raise ConfigError("stage 'lm' trains on scene text only; --data applies to stage2 and instruct")
         return SceneTasks(self.cfg.data.replace(stream="text"), split)
@@ -226,7 +234,8 @@ class Stage1(Stage):
             raise ConfigError(f"qformer.vocab_size={q.vocab_size} is smaller than the tokenizer's {len(tokenizer)}")
         self.aux = Stage1Heads(cfg.stage1, q.hidden_size, q.vocab_size)
 
-    def dataset(self, split: str):
+    def dataset(self, split: str, workers: int = 1):
+        """The split's samples; LLaVA JSON is checked before step 1 on `workers` processes."""
         if self.cfg.llava_data:
             raise ConfigError("stage1 trains on generated image-caption pairs; --data applies to stage2 and instruct")
         return SceneTasks(self.cfg.data.replace(stream="caption"), split)
@@ -250,7 +259,8 @@ class Stage2(Stage):
 
     name = "stage2"
 
-    def dataset(self, split: str):
+    def dataset(self, split: str, workers: int = 1):
+        """The split's samples; LLaVA JSON is checked before step 1 on `workers` processes."""
         if self.cfg.llava_data:
             return super().dataset(split)
         return SceneTasks(self.cfg.data.replace(stream="caption"), split)
@@ -261,7 +271,8 @@ class InstructStage(Stage):
 
     name = "instruct"
 
-    def dataset(self, split: str):
+    def dataset(self, split: str, workers: int = 1):
+        """The split's samples; LLaVA JSON is checked before step 1 on `workers` processes."""
         if self.cfg.llava_data:
             return super().dataset(split)
         return SceneTasks(self.cfg.data.replace(stream="instruct"), split)

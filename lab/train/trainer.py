@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -31,7 +32,8 @@ from lab.config import ConfigError
 from lab.convert.configs import UnsupportedModelError
 from lab.convert.retrieval import from_stage1
 from lab.data import scene_tokenizer
-from lab.data.datasets import llava_texts, read_llava_records
+from lab.data.image_processor import scene_processor
+from lab.data.llava import BadRecord, llava_texts, read_records
 from lab.data.tokenizer import HFTokenizer, WordTokenizer, load_tokenizer
 from lab.rundir import RunDir
 from lab.train.checkpoint import (
@@ -45,6 +47,7 @@ from lab.train.checkpoint import (
     truncate_metrics,
 )
 from lab.train.config import TrainConfig
+from lab.train.loader import default_workers, pop_skipped, step_batches, to_device
 from lab.train.parallel import Parallel
 from lab.train.stages import COMPONENTS, Stage, build_stage
 from lab.versions import versions
@@ -100,7 +103,7 @@ def run_tokenizer(cfg: TrainConfig, init: list[Path]):
             log.info("tokenizer: the transformers tokenizer of --init %s (image placeholder id %d)", d, other.image_id)
             return other
     if cfg.llava_data:
-        tok = WordTokenizer.fit(llava_texts(read_llava_records(cfg.llava_data)))
+        tok = WordTokenizer.fit(llava_texts(read_records(cfg.llava_data)[0]))
     else:
         tok = scene_tokenizer()
     for d, other in saved.items():
@@ -147,9 +150,13 @@ def load_init(stage: Stage, folders: list[Path]) -> list[str]:
     return sorted(got)
 
 
+_LOCK_FDS: set[int] = set()  # run-folder locks this process holds; loader workers close their copies
+
+
 def _lock(out: Path):
     """An OS lock on `out/.lock`, held while this process lives: a second writer gets an error,
-    and a lock left by a killed process is gone with it."""
+    and a lock left by a killed process is gone with it (its loader workers, which inherit the file
+    at fork, close it first thing: `_LOCK_FDS`)."""
     import fcntl
 
     out.mkdir(parents=True, exist_ok=True)
@@ -159,6 +166,7 @@ def _lock(out: Path):
     except OSError:
         f.close()
         raise RunError(f"another process is writing {out}; wait for it to finish or choose another --out") from None
+    _LOCK_FDS.add(f.fileno())
     return f
 
 
@@ -180,6 +188,7 @@ def train(
         return _train(cfg, Path(out), [Path(p) for p in init], resume, progress, stop_at)
     finally:
         if lock is not None:
+            _LOCK_FDS.discard(lock.fileno())
             lock.close()
 
 
@@ -216,7 +225,11 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=(0.9, cfg.optim.beta2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     components = sorted(set(inherited) | set(stage.trained_components()))
-    data = stage.dataset("train")  # bad records stop the run here, before its folder is written
+    workers, why = default_workers(torch.get_num_threads())
+    if cfg.data.workers is not None:
+        workers, why = cfg.data.workers, f"{cfg.data.workers} loader worker(s) (data.workers)"
+    log.info(why)
+    data = stage.dataset("train", workers)  # bad records stop the run here, before its folder is written
 
     step, position, components = _start_or_resume(
         cfg, run, stage, par, opt, sched, tok, resume, inherited, decisions, components, main
@@ -224,16 +237,36 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
 
     model = par.wrap(stage)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
-    t_start, samples_done, launches_before = time.perf_counter(), 0, _kernel_launches()
+    t_start, samples_done, launches_before, skipped = time.perf_counter(), 0, _kernel_launches(), 0
     stage.train()
     end = min(stop_at or cfg.max_steps, cfg.max_steps)
+    loader = step_batches(
+        data, stage.collate, position=position, steps=end - step, batch_size=cfg.batch_size, rank=rank,
+        local=local, micro=micro, accum=cfg.grad_accum, workers=workers, pin=device.type == "cuda",
+        close_fds=tuple(_LOCK_FDS),
+    )  # fmt: skip
+
+    def save() -> None:
+        if main or par.fsdp:  # FSDP gathers the full state: every process takes part
+            tensors, opt_state = par.model_state(stage), par.optimizer_state(stage, opt)
+        if main:
+            state = {"step": step, "position": position, "optimizer": opt_state}
+            state |= {"scheduler": sched.state_dict(), "rng": rng_state(), "components": components}
+            save_checkpoint(out, step, tensors, state)
+
     with _stop_signals() as stop, _StepLog(run, cfg, step, progress) if main else nullcontext() as record:
         while step < end:
             t0 = time.perf_counter()
-            batches = [
-                _to(stage.collate([data[position + rank * local + m * micro + j] for j in range(micro)]), device)
-                for m in range(cfg.grad_accum)
-            ]
+            try:
+                batches = next(loader)
+            except BadRecord as e:  # decoding happens in the loader at this scale: stop cleanly, keep the steps
+                save()
+                # a worker's error arrives as its traceback's text: keep the last line, less the class name
+                why = re.sub(r"^[\w.]*Bad(Image|Record): ", "", str(e).strip().splitlines()[-1])
+                raise RunError(f"{why}; stopped at step {step} with a checkpoint: fix or remove the record and "
+                               "--resume, or set bad_images=skip") from None  # fmt: skip
+            skipped += pop_skipped(batches)
+            batches = [to_device(b, device) for b in batches]
             loss = _accumulate(model, stage, par, batches, device, autocast, step, position)
             grad_norm = par.grad_norm(torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad))
             opt.step()
@@ -246,14 +279,13 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
                 record(step, loss, sched.get_last_lr()[0], grad_norm, time.perf_counter() - t0)
             interrupted = all_sum(float(stop["signal"]), device) > 0
             if step % cfg.save_every == 0 or interrupted or step == end:
-                if main or par.fsdp:  # FSDP gathers the full state: every process takes part
-                    tensors, opt_state = par.model_state(stage), par.optimizer_state(stage, opt)
-                if main:
-                    state = {"step": step, "position": position, "optimizer": opt_state}
-                    state |= {"scheduler": sched.state_dict(), "rng": rng_state(), "components": components}
-                    save_checkpoint(out, step, tensors, state)
+                save()
             if interrupted:
                 raise KeyboardInterrupt(f"interrupted at step {step}; checkpoint saved, continue with --resume")
+    if skipped:
+        log.warning(
+            "bad_images=skip: %d sample(s) replaced by the next record for an image that did not decode", skipped
+        )
     wall = time.perf_counter() - t_start
     summary = {
         "stage": cfg.stage,
@@ -262,6 +294,9 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
         "samples_per_s": samples_done / wall if wall > 0 else None,
         "trainable_parameters": sum(p.numel() for p in params),
         "world_size": world,
+        "loader_workers": workers,
+        "skipped_samples": skipped,  # bad_images=skip: replaced in the loader, and left out before step 1
+        "left_out_records": getattr(getattr(data, "data", data), "left_out", 0),
         "versions": versions(),  # python, torch, transformers, triton, peft (lab.versions)
         "kernel_launches": dict(_kernel_launches() - launches_before),  # per Triton kernel: proof a fused path ran
     }
@@ -387,6 +422,9 @@ def _accumulate(model, stage, par, batches, device, autocast, step, position) ->
 def export(stage: Stage, out: Path, summary: dict) -> None:
     """The run's result as a model folder: `lab.load_pretrained(out)` and `--init out` read it."""
     lab.save_pretrained(stage.vlm, out)
+    # How this run's training prepared its images (scenes and LLaVA JSON alike: a square resize, x / 127.5 - 1),
+    # so that generate, eval and transformers' own processor prepare them the same way.
+    scene_processor(stage.vlm.cfg.vision.image_size).save(out)
     run = RunDir(out)
     if stage.aux is not None:
         run.heads_file.parent.mkdir(exist_ok=True)
@@ -416,10 +454,6 @@ def _kernel_launches() -> collections.Counter:
     TRITON_INTERPRET)."""
     kernels = sys.modules.get("lab_kernels")
     return collections.Counter(kernels.launches if kernels else {})
-
-
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _tensorboard(out: Path):
