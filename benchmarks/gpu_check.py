@@ -93,9 +93,9 @@ def _models(device: str, tiny: bool) -> dict:
     blip2 = VLMConfig.from_dict(dict(vision=vision, llm=llm, connector=dict(kind="qformer", qformer=qformer)))
     llava_vision = {**vision, "hidden_size": w or 1024, "intermediate_size": 2 * (w or 1024)}
     llava = VLMConfig.from_dict(dict(vision=llava_vision, llm=llm, connector=dict(kind="mlp")))
-    return {
-        "blip2_qformer": (blip2, {"connector": {"qformer": {"attn_impl": "triton"}}}),
-        "llava_mlp": (llava, {"connector": {"mlp_impl": "triton"}}),
+    return {  # each model's fused path: the one setting that switches it on
+        "blip2_qformer": (blip2, ("connector", "qformer", "attn_impl")),
+        "llava_mlp": (llava, ("connector", "mlp_impl")),
     }
 
 
@@ -119,8 +119,15 @@ def e2e(device: str = "cuda", steps: int = 20, batch: int = 8, tiny: bool = Fals
             labels[:, :n_img] = -100
             data.append((torch.randn(batch, 3, size, size, generator=g), ids, labels))
         row = {}
-        for impl, over in (("default", {}), ("fused", fused)):
-            model = VisionLanguageModel(VLMConfig.from_dict(_merge(cfg.to_dict(), over))).to(device)
+        for impl in ("default", "fused"):
+            d = cfg.to_dict()
+            if impl == "fused":
+                *parents, key = fused
+                inner = d
+                for name in parents:
+                    inner = inner[name]
+                inner[key] = "triton"
+            model = VisionLanguageModel(VLMConfig.from_dict(d)).to(device)
             model.load_state_dict(copy.deepcopy(base.state_dict()))
             model.train()
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -146,13 +153,6 @@ def e2e(device: str = "cuda", steps: int = 20, batch: int = 8, tiny: bool = Fals
         row["max_loss_diff"] = max(abs(a - b) for a, b in zip(d, f, strict=True))
         row["speed_ratio"] = row["default"]["median_step_ms"] / row["fused"]["median_step_ms"]
         out[name] = row
-    return out
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) else v
     return out
 
 

@@ -219,6 +219,16 @@ def roofline(ax, result: dict) -> None:
     ax.set_title(f"roofline — {result['device']}", fontsize=9)
 
 
+def _save(result: dict, timed: dict, device_name: str) -> None:
+    """benchmarks/results/kernels_<device>.json, and the plot of its timings (`timed`) when it has some."""
+    tag = next((k.lower() for k in PEAK if k in device_name), device_name.split()[-1].lower())
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"kernels_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if timed:
+        plot(timed, RESULTS / f"kernels_{tag}.png")
+    print(json.dumps(result, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu", action="store_true", help="run on the CPU under Triton's interpreter, small shapes")
@@ -232,14 +242,8 @@ def main() -> None:
 
         result = gpu_check()
         name = torch.cuda.get_device_name()
-        tag = next((k.lower() for k in PEAK if k in name), name.split()[-1].lower())
         timed = result.get("timings_bfloat16") or result.get("timings_float16") or {}
-        result |= {"device": name, "commit": timed.get("commit"), "torch": torch.__version__}
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"kernels_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-        if timed:
-            plot(timed, RESULTS / f"kernels_{tag}.png")
-        print(json.dumps(result, indent=2))
+        _save(result | {"device": name, "commit": timed.get("commit"), "torch": torch.__version__}, timed, name)
         return
     if args.cpu:
         if os.environ.get("TRITON_INTERPRET") != "1":
@@ -250,12 +254,7 @@ def main() -> None:
             sys.exit("no CUDA device: use --cpu")
         device, dtype = "cuda", getattr(torch, args.dtype)
     result = run(device, dtype)
-    name = "cpu" if device == "cpu" else torch.cuda.get_device_name()
-    tag = next((k.lower() for k in PEAK if k in name), name.split()[-1].lower())
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"kernels_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, RESULTS / f"kernels_{tag}.png")
-    print(json.dumps(result, indent=2))
+    _save(result, result, "cpu" if device == "cpu" else torch.cuda.get_device_name())
 
 
 if __name__ == "__main__":

@@ -229,6 +229,16 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def read_hf_config(path: Path) -> Any:
+    """The folder's config.json as transformers reads it; one CheckpointError line when it cannot."""
+    import transformers as tf
+
+    try:
+        return tf.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path / 'config.json'} is not a readable transformers config ({e})") from None
+
+
 def load_pretrained(
     path: str | Path, dtype: torch.dtype | None = None, merge_lora: bool = False, **overrides: Any
 ) -> VisionLanguageModel:
@@ -242,12 +252,7 @@ def load_pretrained(
     lab_cfg_file = path / LAB_CONFIG
     tensors = _read_safetensors(path)
     if (path / "config.json").exists():
-        import transformers as tf
-
-        try:
-            hf_cfg = tf.AutoConfig.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path / 'config.json'} is not a readable transformers config ({e})") from None
+        hf_cfg = read_hf_config(path)
         if retrieval.ARCHITECTURE in (getattr(hf_cfg, "architectures", None) or []):
             model = retrieval.load(tensors, hf_cfg)
             return model.to(dtype) if dtype is not None else model

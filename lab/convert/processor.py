@@ -24,18 +24,13 @@ PROCESSOR_FILE = "processor_config.json"
 
 def folder_config(folder: Path) -> tuple[VLMConfig, str | None]:
     """The folder's model config without its weights, and its transformers family (None: lab's own)."""
-    from lab.convert import LAB_CONFIG, CheckpointError
+    from lab.convert import LAB_CONFIG, CheckpointError, read_hf_config
     from lab.convert.configs import family_of_hf, lab_config_from_hf
 
     lab_file = folder / LAB_CONFIG
     family = None
     if (folder / "config.json").exists():
-        import transformers as tf
-
-        try:
-            hf_cfg = tf.AutoConfig.from_pretrained(str(folder), local_files_only=True)
-        except (OSError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{folder / 'config.json'} is not a readable transformers config ({e})") from None
+        hf_cfg = read_hf_config(folder)
         family = family_of_hf(hf_cfg)
         cfg = lab_config_from_hf(hf_cfg)
     elif not lab_file.exists():

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lab.data.collate import Collator
+from lab.data.collate import Collator, pad_right
 from lab.data.datasets import Sample
 from lab.data.image_processor import ImageProcessor
 from lab.data.tokenizer import IMAGE
@@ -52,6 +52,9 @@ class Processor:
     def __post_init__(self) -> None:
         if self.placement not in ("inline", "prefix", "lab"):
             raise ValueError(f"placement {self.placement!r}; choose inline, prefix or lab")
+        self.collator = (
+            Collator(self.tokenizer, self.image_tokens, self.instruction) if self.placement == "lab" else None
+        )
 
     # -- text ------------------------------------------------------------------------------------
     def messages(self, turns: list[tuple[str, str]]) -> list[dict]:
@@ -97,13 +100,12 @@ class Processor:
         return image + tok(text)["input_ids"]
 
     def _lab_ids(self, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
-        collator = Collator(self.tokenizer, self.image_tokens, instruction=self.instruction)
         turns = list(turns)
         if not any(IMAGE in t for r, t in turns if r in ("human", "user")):
             turns[0] = (turns[0][0], f"{IMAGE} {turns[0][1]}")  # the image goes first, as in training
         sample = Sample(np.zeros((0, 0, 3), np.uint8), [(_lab_role(r), t) for r, t in turns] + [("gpt", "")])
-        ids, _ = collator.encode(sample, prompt_only=True)
-        return ids, collator.instruction_of(sample)
+        ids, _ = self.collator.encode(sample, prompt_only=True)
+        return ids, self.collator.instruction_of(sample)
 
     # -- both ------------------------------------------------------------------------------------
     def __call__(
@@ -140,7 +142,7 @@ class Processor:
         batch["input_ids"], batch["attention_mask"] = _pad_left(rows, pad)
         if self.qformer_tokenizer is not None or self.instruction:
             qpad = _pad_id(self.qformer_tokenizer) if self.qformer_tokenizer is not None else pad
-            batch["instruction_ids"], batch["instruction_mask"] = _pad_right(instr, qpad)
+            batch["instruction_ids"], batch["instruction_mask"] = pad_right(instr, qpad)
         return batch
 
     def generation_ids(self) -> dict:
@@ -172,11 +174,3 @@ def _pad_left(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     ids = torch.tensor([[pad] * (n - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows])
     return ids, mask
-
-
-def _pad_right(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(map(len, rows))
-    return (
-        torch.tensor([r + [pad] * (n - len(r)) for r in rows]),
-        torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows]),
-    )
