@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     args = cli(__doc__, argv)
     runner = Runner(args)
     comparisons = [importlib.import_module(registry.module(n)).comparison(args.quick) for n in registry.SUITE]
+    if args.plan:
+        print("\n".join(runner.plan_lines(comparisons)))
+        return 0
     runner.run_all(comparisons)
     path = runner.out / "REPORT.md"
     if args.quick and not args.out:  # the quick report sits beside the full one, results in quick/

@@ -44,18 +44,9 @@ def evaluate(model, final: Path, eval_overrides: dict, per_family: int, seed: in
 
 def chance(data) -> dict[str, float]:
     """Uniform guessing over each question family's possible answers, for these scenes."""
-    from lab.data.scenes import CELLS, COLORS, SIZES
+    from lab.data.tasks import FAMILY
 
-    s = data.scene
-    return {
-        "color": 1 / len(COLORS),
-        "size": 1 / len(SIZES),
-        "count": 1 / (s.max_objects - s.min_objects + 1),
-        "exists": 1 / 2,
-        "position": 1 / len(CELLS),
-        "relation": 1 / 2,
-        "compare_count": 1 / 2,
-    }
+    return {name: fam.chance(data.scene) for name, fam in FAMILY.items() if fam.answers is not None}
 
 
 def eval_se(accs: list[float], n: int) -> float:

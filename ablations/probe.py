@@ -33,11 +33,12 @@ from einops import rearrange
 import lab
 from lab.data import Collator, SceneDataConfig, SceneTasks, load_tokenizer, pixels
 from lab.data.scenes import CELLS, COLORS, SHAPES, SIZES, Scene
+from lab.data.tasks import FAMILY
 from lab.rundir import RunDir
 
 SITES = ("pixels", "vit", "connector", "llm")
 SCENE_ATTRS = ("color", "shape", "size", "count", "position")
-LLM_FAMILIES = ("color", "size", "count", "exists", "position", "relation", "compare_count")
+LLM_FAMILIES = tuple(f for f, fam in FAMILY.items() if fam.answers is not None and fam.lm_share)
 NEUTRAL = "describe the image ."
 LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 

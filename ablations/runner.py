@@ -30,9 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ablations import preflight
 from ablations.evaluate import evaluate, retrieval
 from ablations.ledger import Ledger, SuiteClock, from_stage0, stage0_on_disk, stage0_versions, weights_digest
 from ablations.pool import call, finished, open_pool
+from ablations.preflight import covers_families
+from lab.data.tasks import lm_mix
 from lab.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,10 +49,8 @@ REGIME: dict[str, Any] = {
     "model.vision.num_layers": 4,
     "model.llm.num_layers": 4,
 }
-# The LM's family mix lists "exists" twice: it is the one held-in family that checks two words
-# against the scene, and with its plain share the LM answered it at chance (val, seed 0, 2,000
-# steps: exists 0.50 -> 0.90, mean held-in text accuracy 0.83 -> 0.88 with the double share).
-LM_FAMILIES = ["caption", "color", "size", "count", "exists", "exists", "position", "relation", "compare_count"]
+# The LM's family mix: each family's `lm_share` (lab.data.tasks.FAMILY; "exists" reads twice).
+LM_FAMILIES = lm_mix()
 # Stage 0's ViT: the CLIP-style loss plus a dense one, in which every patch token names its object's
 # shape, colour and size and its cell (`clip.dense_targets="words"`). With the plain contrastive
 # ViT every model answered about a random object once a scene held two or more (colour 0.59 / 0.46
@@ -140,6 +141,10 @@ def cli(description: str, argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stage0-per-seed", action="store_true", help="pretrain a ViT and an LM for every seed")
     p.add_argument("--smoke", action="store_true", help="a few steps of everything: checks the plumbing, not models")
     p.add_argument("--first", help="train this comparison's jobs before the others' (the report's order is kept)")
+    p.add_argument("--plan", action="store_true", help="say what would train and why, then stop")
+    p.add_argument(
+        "--retrain-stage0", action="store_true", help="allow replacing a finished stage 0 whose config changed"
+    )
     return p.parse_args(argv)
 
 
@@ -356,13 +361,21 @@ class Runner:
         }
 
     # ----- the suite ----------------------------------------------------------------------
+    def suite_jobs(self, comparisons: list[Comparison]) -> tuple[list[tuple], list[str], list[int]]:
+        """Every (comparison, variant, seed) job, its fingerprint, and the stage-0 seeds they start from."""
+        seeds = range(self.budget.seeds)
+        jobs = [(c.name, v, s) for s in seeds for c in comparisons for v in c.variants]
+        return jobs, [self.job(*j)[1] for j in jobs], sorted({self.stage0_seed(s) for s in seeds})
+
+    def plan_lines(self, comparisons: list[Comparison]) -> list[str]:
+        """`--plan`: what would train and why (`ablations.preflight`), training nothing."""
+        jobs, keys, pretrained = self.suite_jobs(comparisons)
+        return preflight.report(self, jobs, keys, Ledger(self.out / "jobs.jsonl"), pretrained)
+
     def run_all(self, comparisons: list[Comparison]) -> dict[str, dict]:
         """Every (comparison, variant, seed) job the ledger lacks, `--workers` at a time, after stage 0
         (once, or for every seed), which trains only when a job or a stage-0 measurement is missing."""
-        seeds = range(self.budget.seeds)
-        pretrained = sorted({self.stage0_seed(s) for s in seeds})
-        jobs = [(c.name, v, s) for s in seeds for c in comparisons for v in c.variants]
-        keys = [self.job(*j)[1] for j in jobs]
+        jobs, keys, pretrained = self.suite_jobs(comparisons)
         ledger = Ledger(self.out / "jobs.jsonl")
         clock = SuiteClock(self.out / "suite.json", _key(sorted(keys)), len(jobs), self.args)
         first: dict[str, int] = {}  # fingerprint -> index of the job that trains it
@@ -373,10 +386,17 @@ class Runner:
         def missing() -> tuple[set[int], list[int], bool]:
             """What the ledger lacks, or holds from other stage-0 weights than those on disk."""
             fresh = self.fresh_records(ledger)
-            todo = {i for i in range(len(jobs)) if same[i] == i and not fresh(keys[i])}
+            todo = {
+                i
+                for i in range(len(jobs))
+                if same[i] == i and not (fresh(keys[i]) and covers_families(ledger[keys[i]]))
+            }
             return todo, [s for s in pretrained if not fresh(text_keys[s])], not fresh(probe_key)
 
+        print("\n".join(preflight.report(self, jobs, keys, ledger, pretrained)), flush=True)
         todo, missing_text, missing_probes = missing()
+        if todo or missing_text or missing_probes:
+            preflight.refuse_stage0_loss(self, pretrained)
         clock.trains = bool(todo or missing_text or missing_probes)
         with open_pool(self.args.workers) as pool:
             if todo or missing_text or missing_probes:

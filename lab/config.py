@@ -1,8 +1,15 @@
-"""Config dataclass base: strict dict round trips so a typo in a key is an error, not a default."""
+"""Config dataclass base: strict dict round trips so a typo in a key is an error, not a default.
+
+A config also says what a run computes (`identity`): every field, except those declared with
+`setting(...)` as not changing the result (how often a run saves) or as computing nothing at one
+value (a loss at weight 0, a connector's section while another connector is chosen). Fingerprints of
+saved results are built from it, so a setting added with an inert default leaves them all valid.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from typing import Any, ClassVar, Self
@@ -23,28 +30,41 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """`to_dict()` without what does not change the result: fields declared `setting(...,
+        identity=False)`, and fields at their declared `inert` value (see the module doc)."""
+        plain = dataclasses.asdict(self)
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not f.metadata.get("identity", True) or ("inert" in f.metadata and value == f.metadata["inert"]):
+                continue
+            out[f.name] = value.identity() if isinstance(value, Config) else plain[f.name]
+        return out
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> Self:
+    def from_dict(cls, data: dict[str, Any] | None, path: str = "") -> Self:
+        """`data` as this config; `path` ("model.") names its keys in errors as the user typed them."""
         data = dict(data or {})
         for old, new in cls.RENAMED.items():
             if old in data:
                 if new in data:
-                    raise ConfigError(f"{cls.__name__}: give {new!r} only ({old!r} is its old name)")
+                    raise ConfigError(f"give {path}{new} only ({path}{old} is its old name)")
                 data[new] = data.pop(old)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown} for {cls.__name__}; allowed: {sorted(fields)}")
+            raise ConfigError(_unknown(path, unknown, sorted(fields)))
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for name, value in data.items():
-            sub = _config_type(hints[name], value)
+            sub = config_type(hints[name], value)
             if sub is not None and isinstance(value, dict):
-                value = sub.from_dict(value)
+                value = sub.from_dict(value, f"{path}{name}.")
             elif sub is not None and value is not None and not isinstance(value, Config):
-                raise ConfigError(f"config section {cls.__name__}.{name} must be a mapping of keys, got {value!r}")
+                raise ConfigError(f"config section {path}{name} must be a mapping of keys, got {value!r}")
             else:
-                value = _check_type(cls.__name__, name, hints[name], value)
+                value = _check_type(f"{path}{name}", hints[name], value)
             kwargs[name] = value
         return cls(**kwargs)
 
@@ -52,7 +72,27 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-def _config_type(hint: Any, value: Any = None) -> type[Config] | None:
+def setting(default: Any = dataclasses.MISSING, *, inert: Any = dataclasses.MISSING, identity: bool = True, **kw):
+    """A dataclass field that declares how it enters `Config.identity`: `identity=False` for what
+    never changes a result (how often a run saves, how many processes load data); `inert=v` for
+    a value at which the field computes nothing, so it is left out there (a loss weight of 0, the
+    section of a connector that is not chosen). Declare every setting added with a default `inert`
+    at that default: saved results then stay valid, and only runs that set it differ."""
+    meta = {"identity": identity} | ({} if inert is dataclasses.MISSING else {"inert": inert})
+    return dataclasses.field(default=default, metadata=meta, **kw)
+
+
+def _unknown(path: str, unknown: list[str], allowed: list[str]) -> str:
+    """One line per typo: the dotted key as typed, and the closest valid key where one is close."""
+    parts = []
+    for key in unknown:
+        near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        parts.append(f"{path}{key}" + (f" (did you mean {path}{near[0]}?)" if near else ""))
+    where = f"{path.rstrip('.')} takes" if path else "allowed:"
+    return f"unknown config key {', '.join(parts)}; {where} {', '.join(allowed)}"
+
+
+def config_type(hint: Any, value: Any = None) -> type[Config] | None:
     """The Config subclass inside a hint such as `QFormerConfig | None`, if any. Where the hint
     names several (`LLMConfig | OPTConfig`), the value's "family" key picks the one whose
     `family` default it is; without that key, the first."""
@@ -65,7 +105,7 @@ def _config_type(hint: Any, value: Any = None) -> type[Config] | None:
     return candidates[0] if candidates else None
 
 
-def _check_type(owner: str, name: str, hint: Any, value: Any) -> Any:
+def _check_type(key: str, hint: Any, value: Any) -> Any:
     """Plain scalars must have their field's type (an int is accepted for a float)."""
     origin = typing.get_origin(hint)
     if origin not in (None, typing.Union, types.UnionType):
@@ -81,7 +121,7 @@ def _check_type(owner: str, name: str, hint: Any, value: Any) -> Any:
             return value
     if scalars:
         names = " or ".join(t.__name__ for t in scalars)
-        raise ConfigError(f"{owner}.{name} must be {names}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{key} must be {names}, got {value!r} ({type(value).__name__})")
     return value
 
 

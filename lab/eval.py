@@ -26,7 +26,7 @@ from lab.data import (
     slot_recall,
 )
 from lab.data.datasets import as_text
-from lab.data.tasks import ANSWER_SETS, MIN_OBJECTS, QA_HELD_IN, TEMPLATES
+from lab.data.tasks import ANSWER_SETS, MIN_OBJECTS, QA_HELD_IN, TEMPLATES, unknown_words
 from lab.data.tokenizer import IMAGE, load_tokenizer
 from lab.models import VisionLanguageModel
 from lab.models.vlm import llm_logits
@@ -164,6 +164,9 @@ def evaluate_scenes(
     closed answer set are also scored by ranking (`rank`): `acc_ranked`, `held_out_ranked_acc`.
     `words`: those families also through the model's own caption (`through_words`: `acc_words`,
     `held_out_words_acc`) and by its LLM from the true caption (`acc_from_caption`), ranked alike."""
+    unknown = unknown_words(tok, families)
+    if unknown:
+        raise ValueError(f"the model's tokenizer cannot encode these families' words (trained before them?): {unknown}")
     model.eval()
     acc: dict[str, float] = {}
     ranked: dict[str, float] = {}

@@ -494,3 +494,46 @@ def test_a_rebuild_that_trains_nothing_leaves_the_suite_clock_alone(tmp_path):
     assert rebuild.tick({"wall_s": 5.0}, cached=True)["invocations"] == 1 and path.read_text() == before
     resumed = SuiteClock(path, "k", 1, args)  # an invocation that trains counts
     assert resumed.tick({"wall_s": 1.0})["invocations"] == 2
+
+
+def test_a_changed_stage0_is_named_and_replaced_only_when_asked(tmp_path):
+    """Stage 0 does not reproduce across machines and every record started from it: a suite whose
+    stage-0 settings changed stops before training, naming the change, unless --retrain-stage0."""
+    from ablations import preflight
+    from lab.data import WordTokenizer, scene_tokenizer
+
+    runner = Runner(cli("x", ["--smoke", "--quick", "--out", str(tmp_path)]))
+    for part in ("vision", "lm"):
+        runner.stage0(0, part)
+    assert preflight.stage0_changes(runner, [0]) == []
+    preflight.refuse_stage0_loss(runner, [0])  # nothing to replace
+
+    (tmp_path / "deeper.yaml").write_text("optim: {weight_decay: 0.02}\n")
+    changed = Runner(
+        cli("x", ["--smoke", "--quick", "--out", str(tmp_path), "--config", str(tmp_path / "deeper.yaml")])
+    )
+    with pytest.raises(
+        SystemExit, match=r"stage0/seed0/lm \(trained under other settings: optim.weight_decay: 0.01 -> 0.02\)"
+    ):
+        preflight.refuse_stage0_loss(changed, [0])
+    asked = Runner(
+        cli(
+            "x",
+            [
+                "--smoke",
+                "--quick",
+                "--out",
+                str(tmp_path),
+                "--config",
+                str(tmp_path / "deeper.yaml"),
+                "--retrain-stage0",
+            ],
+        )
+    )
+    preflight.refuse_stage0_loss(asked, [0])
+
+    # a tokenizer that lacks only words appended since (a new family's) keeps stage 0 valid, and says so
+    lm = runner.stage0_dir(0) / "lm"
+    WordTokenizer(scene_tokenizer().vocab[5:-2]).save(lm)
+    (change,) = preflight.stage0_changes(runner, [0])
+    assert change[1].startswith("stays: its tokenizer lacks only the new words") and not change[2]

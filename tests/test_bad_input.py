@@ -31,7 +31,7 @@ def finished(tmp_path_factory):
 @pytest.mark.parametrize(
     "yaml_text,extra,message",
     [
-        ("model: 3\n", [], "config section TrainConfig.model must be a mapping of keys, got 3"),
+        ("model: 3\n", [], "config section model must be a mapping of keys, got 3"),
         ("model: [\n", [], "is not valid YAML at line 2"),
         (None, ["--config", "/nonexistent/c.yaml"], "config file /nonexistent/c.yaml does not exist"),
         (None, ["optim.warmup_steps=-1"], "optim.warmup_steps=-1 is out of range; it must be >= 0"),

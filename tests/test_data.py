@@ -268,3 +268,61 @@ def test_yes_no_families_are_balanced(family):
         make_task(sample_scene(rng, SceneConfig(min_objects=2, max_objects=4)), family, rng)[1] for _ in range(2000)
     ]
     assert abs(answers.count("yes") / len(answers) - 0.5) < 0.04
+
+
+def test_chance_levels_follow_from_each_familys_answers():
+    """Computed from the declared answers: the values once typed per family."""
+    from ablations.evaluate import chance
+    from lab.data.scenes import CELLS, SIZES
+
+    got = chance(SceneDataConfig())
+    assert got == {
+        "color": 1 / len(COLORS),
+        "size": 1 / len(SIZES),
+        "count": 1 / 3,  # 1-3 objects
+        "exists": 1 / 2,
+        "position": 1 / len(CELLS),
+        "relation": 1 / 2,
+        "compare_count": 1 / 2,
+    }
+
+
+def test_a_makers_undeclared_answer_or_slot_word_is_an_error_not_unk(monkeypatch):
+    import dataclasses
+
+    from lab.data import tasks
+
+    rng = np.random.default_rng(0)
+    scene = SceneTasks(SceneDataConfig(), "train")[0].scene
+    odd = dataclasses.replace(tasks.FAMILY["color"], maker=lambda s, r: ({"shape": "circle"}, "nothing"))
+    monkeypatch.setitem(tasks.FAMILY, "color", odd)
+    with pytest.raises(ValueError, match="answered 'nothing', which is not among its declared answers"):
+        make_task(scene, "color", rng)
+    odd = dataclasses.replace(tasks.FAMILY["color"], maker=lambda s, r: ({"shape": "hexagon"}, "red"))
+    monkeypatch.setitem(tasks.FAMILY, "color", odd)
+    tasks._words_of.cache_clear()
+    with pytest.raises(ValueError, match=r"add \['hexagon'\] to its words"):
+        make_task(scene, "color", rng)
+    tasks._words_of.cache_clear()
+
+
+def test_new_words_are_appended_and_an_older_tokenizer_is_a_prefix(monkeypatch, tmp_path):
+    """A family's new words come after the existing ones, so an --init run whose tokenizer predates
+    them still loads; a tokenizer that is not a prefix is refused."""
+    import dataclasses
+
+    from lab.data import WordTokenizer, scene_tokenizer, tasks
+    from lab.train import build_config
+    from lab.train.trainer import RunError, run_tokenizer
+
+    old = scene_tokenizer()
+    assert old.vocab[5 : 5 + len(tasks.BASE_WORDS)] == list(tasks.BASE_WORDS)
+    extra = dataclasses.replace(tasks.FAMILY["exists"], templates=("is a zebra here ?",), answers=lambda c: ("maybe",))
+    monkeypatch.setitem(tasks.FAMILY, "zebra", extra)
+    new = scene_tokenizer()
+    assert new.vocab[: len(old)] == old.vocab and new.vocab[len(old) :] == ["here", "maybe", "zebra"]
+    old.save(tmp_path)
+    assert run_tokenizer(build_config("lm"), [tmp_path]) == new
+    WordTokenizer(["zebra", *tasks.BASE_WORDS]).save(tmp_path)
+    with pytest.raises(RunError, match="not a prefix"):
+        run_tokenizer(build_config("lm"), [tmp_path])

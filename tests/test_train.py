@@ -198,7 +198,11 @@ def test_bad_runs_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="unknown config key"):
         build_config("lm", overrides={"optim.learning_rate": 1.0})
     r = cli("--stage", "lm", "--out", str(tmp_path / "c"), "model.llm.layers=3")
-    assert r.returncode == 2 and "unknown config key" in r.stderr and "num_layers" in r.stderr
+    assert r.returncode == 2 and "unknown config key model.llm.layers" in r.stderr and "num_layers" in r.stderr
+    with pytest.raises(ConfigError, match=r"^unknown config key model.conector \(did you mean model.connector\?\)"):
+        build_config("instruct", overrides={"model.conector": "mlp"})
+    with pytest.raises(ConfigError, match=r"model.connector.qformer.num_queries \(did you mean .*num_query_tokens"):
+        build_config("instruct", overrides={"model.connector.qformer.num_queries": 4})
     with pytest.raises(ConfigError, match="empty"):
         build_config("instruct", overrides={"data.families": []})
     with pytest.raises(ConfigError, match="family=t5: lab's training stages build decoder-only batches"):

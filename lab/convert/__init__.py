@@ -162,7 +162,6 @@ def _build(cfg: VLMConfig, hf_sd, family: str, overrides: dict) -> VisionLanguag
     tensors = hf_to_lab(hf_sd, _expected(model), cfg, family)
     model.load_state_dict(tensors, assign=True, strict=True)
     _rebuild_rotary(model.llm)
-    model.apply_freezing()
     model.eval()
     return model.float() if all(t.dtype == torch.float32 for t in tensors.values()) else model
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab.config import Config, ConfigError, check_choice
+from lab.config import Config, ConfigError, check_choice, setting
 from lab.data.scenes import Scene, SceneConfig, render, sample_scene
 from lab.data.tasks import FAMILIES, HELD_IN, MIN_OBJECTS, caption, make_task
 from lab.data.tokenizer import IMAGE
@@ -50,7 +50,7 @@ class SceneDataConfig(Config):
     truncate: bool = False
     # DataLoader worker processes that build batches (`lab.train.loader`); None: the CPUs the run may
     # use. Which samples form a step does not depend on it, so it is not part of a run's identity.
-    workers: int | None = None
+    workers: int | None = setting(None, identity=False)
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 0:

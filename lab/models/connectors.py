@@ -1,4 +1,4 @@
-"""Connectors: how image features become LLM input embeddings.
+"""Connectors: how image features become LLM input embeddings, one registry entry per kind.
 
 - `qformer`: a Q-Former compresses the image into `num_query_tokens` outputs, then a linear
   projection into the LLM width (BLIP-2, InstructBLIP). Fixed token budget per image.
@@ -6,23 +6,30 @@
 - `mlp`: Linear, GELU, Linear on every patch feature (LLaVA-1.5).
 - `perceiver`: Flamingo's Perceiver Resampler, `num_latents` learned latents reading the image,
   then a linear projection into the LLM width. Fixed token budget, like the Q-Former.
+
+A connector is `Module(cfg: ConnectorConfig, features: Features, llm_dim: int)` with
+`forward(features, instruction_ids=None, instruction_mask=None) -> b tokens llm_dim`. `Features`
+(lab.models.vision) gives the feature width, the patch grid's side and whether a CLS token leads.
+`CONNECTORS` is the one list of kinds: the config's choices, `build_connector`, the token count, which
+config section a kind owns (`--model.connector.kind` keeps only that one) and the tests read it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from lab.config import Config, ConfigError, check_choice
+from lab.config import Config, ConfigError, check_choice, config_type, setting
 from lab.models.perceiver import PerceiverConfig, PerceiverResampler
 from lab.models.qformer import QFormer, QFormerConfig
-from lab.models.vision import ACTIVATIONS
+from lab.models.vision import ACTIVATIONS, Features
 
-CONNECTORS = ("qformer", "linear", "mlp", "perceiver")
 PROJECTOR_IMPLS = ("eager", "triton")
 MLP_INITS = ("lecun", "torch")
 
@@ -30,8 +37,12 @@ MLP_INITS = ("lecun", "torch")
 @dataclasses.dataclass
 class ConnectorConfig(Config):
     kind: str = "qformer"
-    qformer: QFormerConfig | None = None  # required for kind="qformer"
-    perceiver: PerceiverConfig | None = None  # required for kind="perceiver"
+    # A kind's own settings live in a section named like it (CONNECTORS[kind].section), None unless
+    # that kind is chosen. Sections added from now on are declared `setting(None, inert=None)`, so a
+    # new connector leaves every saved fingerprint as it was; these two predate that rule and stay in
+    # every fingerprint, as None where unused.
+    qformer: QFormerConfig | None = setting(None)
+    perceiver: PerceiverConfig | None = setting(None)
     bias: bool = True
     hidden_act: str = "gelu"  # mlp only
     # mlp only: "triton" runs lab_kernels.mlp_projector (exact GELU, fused); named like qformer.attn_impl
@@ -46,35 +57,32 @@ class ConnectorConfig(Config):
     RENAMED: ClassVar[dict[str, str]] = {"impl": "mlp_impl"}
 
     def __post_init__(self) -> None:
-        check_choice("connector.kind", self.kind, CONNECTORS)
+        check_choice("connector.kind", self.kind, tuple(CONNECTORS))
         check_choice("connector.mlp_impl", self.mlp_impl, PROJECTOR_IMPLS)
         check_choice("connector.mlp_init", self.mlp_init, MLP_INITS)
         check_choice("connector.hidden_act", self.hidden_act, tuple(ACTIVATIONS))
-        if self.kind == "qformer" and self.qformer is None:
-            self.qformer = QFormerConfig()
-        if self.kind != "qformer" and self.qformer is not None:
-            raise ConfigError(f"connector.qformer is set but connector.kind={self.kind!r}")
-        if self.kind == "perceiver" and self.perceiver is None:
-            self.perceiver = PerceiverConfig()
-        if self.kind != "perceiver" and self.perceiver is not None:
-            raise ConfigError(f"connector.perceiver is set but connector.kind={self.kind!r}")
+        hints = typing.get_type_hints(ConnectorConfig)
+        for name in sections():
+            mine = CONNECTORS[self.kind].section == name
+            if mine and getattr(self, name) is None:  # the kind's defaults, as YAML `{kind: qformer}` gets
+                setattr(self, name, config_type(hints[name])())
+            if not mine and getattr(self, name) is not None:
+                raise ConfigError(f"connector.{name} is set but connector.kind={self.kind!r}")
         if self.mlp_impl == "triton" and (self.kind != "mlp" or self.hidden_act != "gelu"):
             raise ConfigError("connector.mlp_impl='triton' needs kind='mlp' with hidden_act='gelu'")
 
-    def num_tokens(self, num_features: int) -> int:
+    def num_tokens(self, features: Features) -> int:
         """LLM tokens per image."""
-        if self.kind == "qformer":
-            return self.qformer.num_query_tokens
-        return self.perceiver.num_latents if self.kind == "perceiver" else num_features
+        return CONNECTORS[self.kind].tokens(self, features)
 
 
 class QFormerConnector(nn.Module):
-    def __init__(self, cfg: ConnectorConfig, vision_dim: int, llm_dim: int) -> None:
+    def __init__(self, cfg: ConnectorConfig, features: Features, llm_dim: int) -> None:
         super().__init__()
-        if cfg.qformer.encoder_hidden_size != vision_dim:
+        if cfg.qformer.encoder_hidden_size != features.dim:
             raise ConfigError(
                 f"qformer.encoder_hidden_size={cfg.qformer.encoder_hidden_size} "
-                f"must equal vision.hidden_size={vision_dim}"
+                f"must equal vision.hidden_size={features.dim}"
             )
         self.qformer = QFormer(cfg.qformer)
         self.proj = nn.Linear(cfg.qformer.hidden_size, llm_dim, bias=cfg.bias)
@@ -84,19 +92,19 @@ class QFormerConnector(nn.Module):
 
 
 class LinearConnector(nn.Module):
-    def __init__(self, cfg: ConnectorConfig, vision_dim: int, llm_dim: int) -> None:
+    def __init__(self, cfg: ConnectorConfig, features: Features, llm_dim: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(vision_dim, llm_dim, bias=cfg.bias)
+        self.proj = nn.Linear(features.dim, llm_dim, bias=cfg.bias)
 
     def forward(self, features, instruction_ids=None, instruction_mask=None) -> torch.Tensor:
-        _refuse_instruction(instruction_ids)
+        refuse_instruction(instruction_ids)
         return self.proj(features)
 
 
 class MLPConnector(nn.Module):
-    def __init__(self, cfg: ConnectorConfig, vision_dim: int, llm_dim: int) -> None:
+    def __init__(self, cfg: ConnectorConfig, features: Features, llm_dim: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(vision_dim, llm_dim, bias=cfg.bias)
+        self.fc1 = nn.Linear(features.dim, llm_dim, bias=cfg.bias)
         self.fc2 = nn.Linear(llm_dim, llm_dim, bias=cfg.bias)
         self.act = ACTIVATIONS[cfg.hidden_act]
         self.impl = cfg.mlp_impl
@@ -106,7 +114,7 @@ class MLPConnector(nn.Module):
                 nn.init.uniform_(layer.weight, -bound, bound)
 
     def forward(self, features, instruction_ids=None, instruction_mask=None) -> torch.Tensor:
-        _refuse_instruction(instruction_ids)
+        refuse_instruction(instruction_ids)
         if self.impl == "triton":
             from lab_kernels import mlp_projector
 
@@ -115,17 +123,18 @@ class MLPConnector(nn.Module):
 
 
 class PerceiverConnector(nn.Module):
-    def __init__(self, cfg: ConnectorConfig, vision_dim: int, llm_dim: int) -> None:
+    def __init__(self, cfg: ConnectorConfig, features: Features, llm_dim: int) -> None:
         super().__init__()
-        self.resampler = PerceiverResampler(cfg.perceiver, vision_dim)
-        self.proj = nn.Linear(vision_dim, llm_dim, bias=cfg.bias)
+        self.resampler = PerceiverResampler(cfg.perceiver, features.dim)
+        self.proj = nn.Linear(features.dim, llm_dim, bias=cfg.bias)
 
     def forward(self, features, instruction_ids=None, instruction_mask=None) -> torch.Tensor:
-        _refuse_instruction(instruction_ids)
+        refuse_instruction(instruction_ids)
         return self.proj(self.resampler(features))
 
 
-def _refuse_instruction(instruction_ids: torch.Tensor | None) -> None:
+def refuse_instruction(instruction_ids: torch.Tensor | None) -> None:
+    """For connectors without instruction-aware queries: instruction ids are a mistake, not ignored."""
     if instruction_ids is not None:
         raise ValueError(
             "instruction_ids were given, but this model's connector has no instruction-aware queries; "
@@ -133,7 +142,36 @@ def _refuse_instruction(instruction_ids: torch.Tensor | None) -> None:
         )
 
 
-def build_connector(cfg: ConnectorConfig, vision_dim: int, llm_dim: int) -> nn.Module:
-    kinds = {"qformer": QFormerConnector, "linear": LinearConnector, "mlp": MLPConnector}
-    cls = {**kinds, "perceiver": PerceiverConnector}[cfg.kind]
-    return cls(cfg, vision_dim, llm_dim)
+@dataclasses.dataclass(frozen=True)
+class ConnectorKind:
+    """One connector: its module, its LLM tokens per image, the config section holding its own
+    settings (None: none beyond ConnectorConfig's shared ones), and the transformers architectures
+    built on it (`lab.convert` converts a lab model with it both ways when the rest matches)."""
+
+    module: Callable[[ConnectorConfig, Features, int], nn.Module]
+    tokens: Callable[[ConnectorConfig, Features], int]
+    section: str | None = None
+    transformers: tuple[str, ...] = ()
+
+
+def _every_feature(cfg: ConnectorConfig, features: Features) -> int:
+    return features.count
+
+
+CONNECTORS: dict[str, ConnectorKind] = {
+    "qformer": ConnectorKind(
+        QFormerConnector, lambda c, f: c.qformer.num_query_tokens, "qformer", ("blip-2", "instructblip")
+    ),
+    "linear": ConnectorKind(LinearConnector, _every_feature),
+    "mlp": ConnectorKind(MLPConnector, _every_feature, transformers=("llava",)),
+    "perceiver": ConnectorKind(PerceiverConnector, lambda c, f: c.perceiver.num_latents, "perceiver"),
+}
+
+
+def sections() -> tuple[str, ...]:
+    """The config sections connectors own (ConnectorConfig fields)."""
+    return tuple(k.section for k in CONNECTORS.values() if k.section)
+
+
+def build_connector(cfg: ConnectorConfig, features: Features, llm_dim: int) -> nn.Module:
+    return CONNECTORS[cfg.kind].module(cfg, features, llm_dim)

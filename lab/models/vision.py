@@ -27,6 +27,21 @@ ACTIVATIONS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Features:
+    """The shape of the features a vision encoder hands a connector: `b count dim`, a CLS token
+    first when `cls_token`, then the `grid × grid` patches in reading order (row by row). A
+    connector that reads positions (pools the grid, say) needs all three."""
+
+    dim: int
+    grid: int
+    cls_token: bool
+
+    @property
+    def count(self) -> int:
+        return self.grid**2 + self.cls_token
+
+
 @dataclasses.dataclass
 class VisionConfig(Config):
     image_size: int = 32
@@ -67,7 +82,12 @@ class VisionConfig(Config):
     @property
     def num_features(self) -> int:
         """Tokens per image handed to the connector."""
-        return self.num_patches + (0 if self.drop_cls else 1)
+        return self.features.count
+
+    @property
+    def features(self) -> Features:
+        """What the encoder hands a connector, per image."""
+        return Features(self.hidden_size, self.image_size // self.patch_size, cls_token=not self.drop_cls)
 
     @property
     def layers_to_run(self) -> int:

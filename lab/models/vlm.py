@@ -7,7 +7,6 @@ same sequence."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,6 @@ from lab.models.opt import OPTConfig, OPTDecoder
 from lab.models.t5 import T5Config, T5Decoding, T5Model
 from lab.models.vision import VisionConfig, VisionEncoder
 
-log = logging.getLogger("lab")
 LLM_CONFIGS = {"llama": LLMConfig, "opt": OPTConfig, "t5": T5Config}  # a config's "family" key picks
 
 
@@ -32,8 +30,9 @@ class VLMConfig(Config):
     connector: ConnectorConfig = dataclasses.field(default_factory=ConnectorConfig)
     llm: LLMConfig | OPTConfig | T5Config = dataclasses.field(default_factory=LLMConfig)  # Llama/Vicuna, OPT, T5
     image_token_id: int = 3
-    # True / False, or "auto": the training stage decides (`lab.train.trainable`): a part loaded
-    # from --init keeps the stage's default, a part with random weights is trained.
+    # True / False, or "auto": read by the training stage (`lab.train.trainable`, which decides and
+    # applies what trains): with "auto", a part loaded from --init keeps the stage's default, a part
+    # with random weights is trained.
     freeze_vision: bool | str = False
     freeze_llm: bool | str = False
     # MiniGPT-4: the Q-Former connector's Q-Former stays frozen and only its projection into the
@@ -60,7 +59,7 @@ class VLMConfig(Config):
     @property
     def image_tokens(self) -> int:
         """LLM placeholder tokens per image."""
-        return self.connector.num_tokens(self.vision.num_features)
+        return self.connector.num_tokens(self.vision.features)
 
 
 @dataclasses.dataclass
@@ -122,7 +121,7 @@ class VisionLanguageModel(nn.Module):
         self.generation_config: dict = {}  # a checkpoint's generate defaults (lab.convert fills it)
         self.cfg = cfg
         self.vision = VisionEncoder(cfg.vision)
-        self.connector = build_connector(cfg.connector, cfg.vision.hidden_size, cfg.llm.hidden_size)
+        self.connector = build_connector(cfg.connector, cfg.vision.features, cfg.llm.hidden_size)
         if cfg.llm.family == "opt" and cfg.llm.word_embed_proj_dim != cfg.llm.hidden_size:
             raise ConfigError(
                 f"llm.word_embed_proj_dim={cfg.llm.word_embed_proj_dim} differs from llm.hidden_size="
@@ -130,15 +129,8 @@ class VisionLanguageModel(nn.Module):
                 "written into narrower word embeddings; use an OPT whose two sizes match (2.7b, 6.7b)"
             )
         self.llm = build_llm(cfg.llm)
-        self.apply_freezing()
-
-    def apply_freezing(self) -> None:
-        for name, frozen in (("vision", self.cfg.freeze_vision), ("llm", self.cfg.freeze_llm)):
-            module: nn.Module = getattr(self, name)
-            module.requires_grad_(frozen is not True)  # "auto" is decided by the training stage
-            if frozen is True:
-                n = sum(p.numel() for p in module.parameters())
-                log.info("froze %s: %d parameters will not be trained", name, n)
+        # The freeze flags are read by a training stage only: `lab.train.trainable` decides what trains
+        # and applies it. A model built or loaded here has every parameter trainable, as torch's are.
 
     def visual_embeddings(self, pixel_values, instruction_ids=None, instruction_mask=None) -> torch.Tensor:
         """pixels `b 3 H W` -> visual embeddings `b nv d_llm`."""

@@ -11,12 +11,13 @@ from typing import Any
 
 import yaml
 
-from lab.config import Config, ConfigError, check_choice, check_range
+from lab.config import Config, ConfigError, check_choice, check_range, setting
 from lab.data.datasets import SceneDataConfig
 from lab.data.tasks import FAMILIES, HELD_IN
 from lab.models import ConnectorConfig, LLMConfig, QFormerConfig, VisionConfig, VLMConfig
 from lab.models.blip2_stage1 import Stage1Config
 from lab.models.clip import ClipConfig
+from lab.models.connectors import sections as connector_sections
 from lab.models.vlm import LLM_CONFIGS
 
 STAGE_NAMES = ("vision", "lm", "stage1", "stage2", "instruct")
@@ -74,13 +75,14 @@ class TrainConfig(Config):
     batch_size: int = 32  # global: all processes and accumulation steps together
     grad_accum: int = 1
     max_steps: int = 600  # total optimizer steps of the run; the LR schedule ends here
-    save_every: int = 100
+    save_every: int = setting(100, identity=False)
     seed: int = 0
     llava_data: str = ""  # LLaVA-format JSON instead of generated scenes
     image_folder: str = ""
     # LLaVA JSON: an unusable record (its turns, or an image that does not open or decode) stops the run,
     # naming it ("stop"), or is left out and counted ("skip"; in the loader the next record stands in).
-    bad_images: str = "stop"
+    # A run that stops on a bad record trains on the records as given: "stop" is not in its identity.
+    bad_images: str = setting("stop", inert="stop")
     bf16: bool = True  # autocast on CUDA only
     strategy: str = "ddp"  # several processes (torchrun): "ddp" or "fsdp" (FSDP2; lab.train.parallel)
     # stage lm: loss on the "answer" tokens only, or on "all" text tokens. Measured (4-layer LM,
@@ -89,25 +91,13 @@ class TrainConfig(Config):
     # torch.compile the vision encoder, the connector and the LLM (Module.compile: same weights, same
     # names). Off by default: the first step compiles for a minute or more on 2 CPU cores, for a
     # step 0.87x as long after (benchmarks/results/profile_step_cpu.txt); short runs lose.
-    compile: bool = False
+    compile: bool = setting(False, identity=False)
     # stages stage2 and instruct: weight of the hand-off distillation loss (`lab.train.handoff`): the
     # frozen LLM's states after the image matched to its own after the true caption. 0: off.
-    handoff_weight: float = 0.0
+    handoff_weight: float = setting(0.0, inert=0.0)  # a loss that is off computes nothing
 
-    def identity(self) -> dict:
-        """What a run's result depends on: the whole config but how often it saves, whether it
-        compiles and how many processes load its data. A resumed run must match it, and it is saved
-        as the run's train_config.json. A loss that is off computes nothing, so `handoff_weight=0` is
-        left out: runs from before it keep theirs (likewise `bad_images="stop"`)."""
-        d = self.to_dict()
-        d.pop("save_every")
-        d.pop("compile")
-        d["data"].pop("workers")  # how batches are built, not which: runs with any number agree exactly
-        if not self.handoff_weight:
-            d.pop("handoff_weight")
-        if self.bad_images == "stop":  # a run that stops on a bad record trains on the records as given
-            d.pop("bad_images")
-        return d
+    # identity() (lab.config.Config): what a run's result depends on. A resumed run must match it, it
+    # is saved as the run's train_config.json, and the ablations' fingerprints are built from it.
 
     def __post_init__(self) -> None:
         for name, cls in (
@@ -191,7 +181,7 @@ def set_override(data: dict, key: str, value: Any) -> None:
         node = node[p]
     node[leaf] = value
     if leaf == "kind" and parents[-1:] == ["connector"]:
-        for section in ("qformer", "perceiver"):  # only the chosen kind keeps its section
+        for section in connector_sections():  # only the chosen kind keeps its section
             if value != section:
                 node.pop(section, None)
     # kind="qformer" without a section: ConnectorConfig fills QFormerConfig(), as it does for YAML

@@ -8,7 +8,9 @@ trained weights. `--init` copies exactly those parts into the next stage.
 
 from __future__ import annotations
 
+import functools
 import logging
+import types
 
 import numpy as np
 import torch
@@ -19,12 +21,12 @@ from lab.config import ConfigError
 from lab.data import Collator, LlavaJSON, SceneTasks, Shuffled, pixels
 from lab.data.collate import check_lengths, text_ids
 from lab.data.tasks import dense_candidates, dense_target, hard_negative
-from lab.models import VisionLanguageModel, lora
+from lab.models import VisionLanguageModel
 from lab.models.blip2_stage1 import Stage1Heads
 from lab.models.clip import ContrastiveHeads
 from lab.train import handoff
 from lab.train.config import TrainConfig
-from lab.train.trainable import decide, table
+from lab.train.trainable import apply, decide, table
 
 log = logging.getLogger("lab")
 COMPONENTS = ("vision", "connector", "llm")
@@ -85,19 +87,9 @@ class Stage(nn.Module):
         return tuple(d.part for d in self.decisions if d.trainable)
 
     def set_trainable(self, inherited: set[str] | list[str] = ()) -> list:
-        """Apply `lab.train.trainable.decide` (the one place that decides) and log its table."""
+        """What trains, decided and applied by `lab.train.trainable` (the one place), and its logged table."""
         self.decisions = decide(self.name, self.model_cfg, inherited)
-        self.requires_grad_(False)
-        counts = {part: sum(p.numel() for p in getattr(self.vlm, part).parameters()) for part in COMPONENTS}
-        for d in self.decisions:
-            module = getattr(self.vlm, d.part)
-            module.requires_grad_(d.trainable and not d.lora)
-            if d.lora:  # adapters only: peft leaves the part's own weights frozen
-                counts[d.part] = lora.attach(module, getattr(self.model_cfg, f"{d.part}_lora"), d.part)
-            for name in d.frozen_within:
-                module.get_submodule(name).requires_grad_(False)
-        if self.aux is not None:
-            self.aux.requires_grad_(True)
+        counts = apply(self.vlm, self.decisions, self.model_cfg, self.aux)
         if self.cfg.handoff_weight and any(p.requires_grad for p in self.vlm.llm.parameters()):
             raise ConfigError("handoff_weight: the LLM is its own teacher and must stay frozen (model.freeze_llm=true)")
         n = sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -120,6 +112,12 @@ class Stage(nn.Module):
                 log.info("data.truncate: %d of %d records cut to %d tokens", cut, len(data), self.collator.max_length)
             return Shuffled(data, self.cfg.seed) if split == "train" else data
         return SceneTasks(self.cfg.data, split)
+
+    def batch_fn(self):
+        """`collate` bound to what it reads (config, tokenizer, collator) and not to the model: what
+        loader worker processes receive, pickled where they start by spawn (the ablation workers)."""
+        light = types.SimpleNamespace(cfg=self.cfg, tok=self.tok, collator=getattr(self, "collator", None))
+        return functools.partial(type(self).collate, light)
 
     def collate(self, samples) -> dict:
         batch = self.collator(samples)

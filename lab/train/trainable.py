@@ -1,4 +1,5 @@
-"""What each stage trains: the one place that decides, and the table it logs.
+"""What each stage trains: the one place that decides (`decide`), applies it to the model's
+parameters (`apply`), and the table it logs.
 
 A stage has a default role for each part of the VLM: it trains it, keeps it frozen when it is
 pretrained, or does not use it. The config's `freeze_vision` / `freeze_llm` flags are `true`,
@@ -21,7 +22,7 @@ import dataclasses
 import logging
 
 from lab.config import ConfigError
-from lab.models import VLMConfig
+from lab.models import VLMConfig, lora
 
 log = logging.getLogger("lab")
 PARTS = ("vision", "connector", "llm")
@@ -114,6 +115,25 @@ def _lora(stage: str, part: str, role: str, flag, flag_name: str, r: int, pre: b
             f"model.{flag_name}=false trains the whole {part}, {key} trains adapters on a frozen one: choose one"
         )
     return Decision(part, True, True, pre, f"loaded from --init; {key}: adapters train, its weights stay frozen", True)
+
+
+def apply(vlm, decisions: list[Decision], model: VLMConfig, heads=None) -> dict[str, int]:
+    """Make the decisions true of `vlm`'s parameters: only what is trainable requires a gradient
+    (LoRA adapters attached to a part that trains through them; submodules held frozen within a
+    trainable part stay frozen); a stage's own heads (`heads`) train. Returns each part's trainable
+    parameter count for `table`: a LoRA part counts its adapters."""
+    vlm.requires_grad_(False)
+    counts = {d.part: sum(p.numel() for p in getattr(vlm, d.part).parameters()) for d in decisions}
+    for d in decisions:
+        module = getattr(vlm, d.part)
+        module.requires_grad_(d.trainable and not d.lora)
+        if d.lora:  # adapters only: peft leaves the part's own weights frozen
+            counts[d.part] = lora.attach(module, getattr(model, LORA[d.part]), d.part)
+        for name in d.frozen_within:
+            module.get_submodule(name).requires_grad_(False)
+    if heads is not None:
+        heads.requires_grad_(True)
+    return counts
 
 
 def table(decisions: list[Decision], counts: dict[str, int]) -> str:

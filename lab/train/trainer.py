@@ -94,9 +94,12 @@ def lr_lambda(cfg: TrainConfig):
 
 
 def run_tokenizer(cfg: TrainConfig, init: list[Path]):
-    """The scene tokenizer, or one fit to LLaVA data; it must equal the tokenizer of --init runs.
-    An --init folder with a transformers tokenizer (a pretrained LLM's) decides instead: its ids are
-    what that LLM's embeddings mean; the image placeholder takes `model.image_token_id`."""
+    """The scene tokenizer, or one fit to LLaVA data. An --init run's scene tokenizer must be the
+    same or a prefix of it: a family added since brings words appended after the old ones
+    (`lab.data.tasks.vocabulary`), every old id keeps its meaning, and the new words start from the
+    untrained rows of the embedding. An --init folder with a transformers tokenizer (a pretrained
+    LLM's) decides instead: its ids are what that LLM's embeddings mean; the image placeholder takes
+    `model.image_token_id`."""
     saved = {d: load_tokenizer(d, image_id=cfg.model.image_token_id) for d in init}
     for d, other in saved.items():
         if isinstance(other, HFTokenizer):
@@ -109,8 +112,13 @@ def run_tokenizer(cfg: TrainConfig, init: list[Path]):
     for d, other in saved.items():
         if cfg.llava_data and isinstance(other, WordTokenizer):
             tok = other  # keep the vocabulary the initial weights were trained with
-        elif other != tok and isinstance(other, WordTokenizer):
-            raise RunError(f"--init {d} was trained with a different tokenizer ({len(other)} vs {len(tok)} words)")
+        elif isinstance(other, WordTokenizer) and other != tok:
+            if tok.vocab[: len(other)] != other.vocab:
+                raise RunError(
+                    f"--init {d} was trained with a different tokenizer ({len(other)} vs {len(tok)} words, "
+                    "and not a prefix of this one)"
+                )
+            log.info("tokenizer: %d words added since --init %s: %s", len(tok) - len(other), d, tok.vocab[len(other) :])
     return tok
 
 
@@ -241,7 +249,7 @@ def _train(cfg: TrainConfig, out: Path, init: list[Path], resume: bool, progress
     stage.train()
     end = min(stop_at or cfg.max_steps, cfg.max_steps)
     loader = step_batches(
-        data, stage.collate, position=position, steps=end - step, batch_size=cfg.batch_size, rank=rank,
+        data, stage.batch_fn(), position=position, steps=end - step, batch_size=cfg.batch_size, rank=rank,
         local=local, micro=micro, accum=cfg.grad_accum, workers=workers, pin=device.type == "cuda",
         close_fds=tuple(_LOCK_FDS),
     )  # fmt: skip
