@@ -1,7 +1,9 @@
 """`python -m ablations [NAME] [--quick] [--seeds N] [--workers N] [--out DIR]`: all comparisons, then REPORT.md.
 
-NAME (default `all`) picks one entry of `ablations.registry`, as `lab ablate NAME` does. Resumable: rerun
-the same command after a stop and finished runs are reused.
+NAME (default `all`) picks one entry of `ablations.registry`, as `lab ablate NAME` does; `--spec FILE`
+runs a comparison written as YAML (`ablations.spec`) into OUT/<name>/, with its own REPORT.md there;
+`--plan` prints every job's settings with where each came from, and what would train and why.
+Resumable: rerun the same command after a stop and finished runs are reused.
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import importlib
 import sys
 
-from ablations import registry
+from ablations import registry, spec
+from ablations.plan import cli
 from ablations.report import report
-from ablations.runner import Runner, cli
+from ablations.runner import Runner
+from lab.config import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,12 +29,28 @@ def main(argv: list[str] | None = None) -> int:
     if name != "all":
         return importlib.import_module(module).main(argv)
     args = cli(__doc__, argv)
+    try:
+        return run(args)
+    except ConfigError as e:  # a spec or an override that names no setting: one line, before anything trains
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
     runner = Runner(args)
-    comparisons = [importlib.import_module(registry.module(n)).comparison(args.quick) for n in registry.SUITE]
+    if args.spec:
+        comparisons = [spec.load(args.spec)]
+    else:
+        comparisons = [importlib.import_module(registry.module(n)).comparison(args.quick) for n in registry.SUITE]
     if args.plan:
         print("\n".join(runner.plan_lines(comparisons)))
         return 0
     runner.run_all(comparisons)
+    if args.spec:
+        path = runner.out / comparisons[0].name / "REPORT.md"
+        report(runner.out, [comparisons[0].name], runner.wall_s, path=path, links="../")
+        print(f"report: {path}")
+        return 0
     path = runner.out / "REPORT.md"
     if args.quick and not args.out:  # the quick report sits beside the full one, results in quick/
         path = runner.out.parent / "REPORT.quick.md"

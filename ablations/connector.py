@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sys
 
-from ablations.runner import MLP_CONNECTOR, Comparison, Runner, Step, Variant, cli
+from ablations.plan import MLP_CONNECTOR, Comparison, Step, Variant, cli
+from ablations.runner import Runner
 from ablations.verdicts import paired
 
 PAPER = {
@@ -56,7 +57,9 @@ def variants(quick: bool) -> list[Variant]:
         for k in ks
     ]
     for k in (k for k in ks if k != EQUAL_K):  # Flamingo's resampler at the Q-Former's token counts
-        step = Step("instruct", {**RECIPE, "model.connector": "perceiver", "model.connector.perceiver.num_latents": k})
+        step = Step(
+            "instruct", {**RECIPE, "model.connector.kind": "perceiver", "model.connector.perceiver.num_latents": k}
+        )
         out.append(Variant(f"perceiver_K{k}", [step]))
     out.append(Variant("linear", [Step("instruct", {**RECIPE, "model.connector.kind": "linear"})], probe=True))
     out.append(Variant("mlp", [Step("instruct", {**RECIPE, **MLP_CONNECTOR})]))

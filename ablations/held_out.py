@@ -1,7 +1,8 @@
 """Held-out accuracy over several stage-0 LMs, read three ways: where a frozen LLM's transfer is lost.
 
 The suite shares one stage-0 LM, and on one unchanged recipe three LMs gave held-out 0.54-0.67
-(HISTORY.md, stop 26): one LM is one draw. Here the frozen-LLM recipe of `stage1/qformer_no_stage1`
+(HISTORY.md, "What caps held-out is the transfer through the connector, not only the LM"): one LM is
+one draw. Here the frozen-LLM recipe of `stage1/qformer_no_stage1`
 (plain Q-Former, K = 8, ViT and LLM frozen, stage 2 then instruction tuning) runs on `--lms` LMs
 (seeds 0..N-1; every one beside the seed-0 ViT), and each model answers the held-out families
 (relation, compare_count; test split, answers ranked) three ways:
@@ -22,25 +23,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from ablations.ledger import Ledger, weights_digest
+from ablations.plan import PROTOCOL, ROOT, Variant, cli, key_of
 from ablations.pool import call, finished, open_pool
-from ablations.runner import PROTOCOL, ROOT, Runner, Variant, _key, cli, git_commit
+from ablations.runner import Runner, git_commit
 from ablations.stage1 import HANDOFF
+from ablations.sweep_table import gap_table, paired, summary, table
 from lab.data.tasks import HELD_OUT
 
 RECIPE = ("stage1", "qformer_no_stage1")  # (comparison, variant): its recipe, unchanged
 # The arms: hand-off distillation (`lab.train.handoff`) per stage of the recipe, by name, at the suite's
 # weight (`ablations.stage1.HANDOFF`, chosen on val). Tried on val through this sweep's LMs and not adopted
-# (HISTORY.md, stop 28): weight 300, and distilling in stage 2 (captions) as well: {"stage2": HANDOFF, ...}.
+# (HISTORY.md, "Hand-off distillation: a larger weight ..."): weight 300, and distilling in stage 2
+# (captions) as well: {"stage2": HANDOFF, ...}.
 ARMS: dict[str, dict[str, float]] = {"plain": {}, "handoff": {"instruct": HANDOFF}}
 GAP_SAMPLES = 128  # test samples per family for the hand-off gap (`lab.eval.handoff_gap`)
-WAYS = {"direct": "from the image (soft tokens)", "words": "through its caption", "caption": "from the true caption"}
 
 
 class Sweep(Runner):
@@ -59,7 +61,7 @@ class Sweep(Runner):
 
     def key(self, lm: int, arm: str = "plain") -> str:
         parts = [self.stage0_key(0, "vision"), self.stage0_key(lm, "lm")]
-        return _key([PROTOCOL, "held_out", parts, self.plan(self.variant(arm), 0), self.budget.per_family])
+        return key_of([PROTOCOL, "held_out", parts, self.plan(self.variant(arm), 0), self.budget.per_family])
 
     def lm_job(self, lm: int, arm: str = "plain") -> dict:
         """The recipe (seed 0, one arm) on the LM of seed `lm`, scored on test: the ledger record."""
@@ -119,64 +121,6 @@ class Sweep(Runner):
                 print(f"held-out: LM {rec['lm_seed']}, arm {rec['arm']}: {rec['wall_s']:.0f} s", flush=True)
         # records of the first two arms predate the arm's name in the record: the key finds them
         return {arm: [{**ledger[keys[lm, arm]], "arm": arm} for lm in range(lms)] for arm in ARMS}
-
-
-def mean_sd(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-
-
-def held_out(rec: dict, way: str) -> float:
-    return sum(rec[way][f] for f in HELD_OUT) / len(HELD_OUT)
-
-
-def table(records: list[dict]) -> str:
-    """One row per LM and a mean ± s.d. row: held-in, then each held-out family three ways."""
-    cols = [f"{f} {w}" for f in HELD_OUT for w in WAYS] + [f"held-out {w}" for w in WAYS]
-    head = "| stage-0 LM | held-in | " + " | ".join(cols) + " |"
-    lines = [head, "|" + "---|" * (len(cols) + 2)]
-
-    def cells(r: dict) -> list[float]:
-        return [r["held_in_acc"], *(r[w][f] for f in HELD_OUT for w in WAYS), *(held_out(r, w) for w in WAYS)]
-
-    rows = [cells(r) for r in records]
-    for r, row in zip(records, rows, strict=True):
-        lines.append(f"| seed {r['lm_seed']} | " + " | ".join(f"{x:.3f}" for x in row) + " |")
-    stats = [mean_sd(list(col)) for col in zip(*rows, strict=True)]
-    shown = " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in stats)
-    lines.append(f"| **mean ± s.d. ({len(records)} LMs)** | {shown} |")
-    return "\n".join(lines) + "\n"
-
-
-def gap_table(arms: dict[str, list[dict]]) -> str:
-    """The hand-off gap at the LLM's last layer (`lab.eval.handoff_gap`) per LM and arm: the mean over the
-    held-in families beside each held-out one, with held-out accuracy from the image. Records from before
-    the gap was measured are left out; empty when none has it."""
-    cols = ["gap, held-in mean", *(f"gap, {f}" for f in HELD_OUT), "held-out direct"]
-    lines = ["| arm | stage-0 LM | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
-    for arm, records in arms.items():
-        for r in records:
-            gap = r.get("handoff_gap")
-            if not gap:
-                continue
-            held_in = [g[-1] for f, g in gap.items() if f not in HELD_OUT]
-            row = [sum(held_in) / len(held_in), *(gap[f][-1] for f in HELD_OUT), held_out(r, "direct")]
-            lines.append(f"| {arm} | seed {r['lm_seed']} | " + " | ".join(f"{x:.3f}" for x in row) + " |")
-    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
-
-
-def summary(records: list[dict]) -> dict:
-    return {w: mean_sd([held_out(r, w) for r in records]) for w in WAYS}
-
-
-def paired(base: list[dict], tried: list[dict]) -> dict:
-    """An arm minus the plain recipe, LM by LM: mean and standard error of the difference in held-in
-    and in held-out from the image (direct)."""
-    out = {}
-    for name, get in (("held_in", lambda r: r["held_in_acc"]), ("held_out_direct", lambda r: held_out(r, "direct"))):
-        m, sd = mean_sd([get(b) - get(t) for b, t in zip(tried, base, strict=True)])
-        out[name] = (m, sd / math.sqrt(len(base)))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,9 @@
 `jobs.jsonl` in the results folder holds one JSON line per finished piece of work: a job's result
 (metrics, probes, timings) or a stage-0 measurement (the LM answering from text, the stage-0
 probes), each under the fingerprint of what it computed (`Runner.job`). The run folders (`_runs/`,
-checkpoints) are scratch: a fresh clone has none. Why: a session's machine is not the next one's,
-and results that lived only in `_runs/` were lost with it (204 jobs, about 9 h of CPU, found gone at stop 25).
+checkpoints) are scratch: a fresh clone has none. Why: one machine is not the next, and results that
+lived only in `_runs/` were lost with it (204 jobs, about 9 h of CPU; HISTORY.md, "Results kept in a
+committed ledger, with stage 0").
 With the ledger committed, a stopped suite continues on any machine, and a finished one rebuilds
 its reports without training.
 
@@ -92,7 +93,8 @@ class SuiteClock:
         self.reused = False
         self.record = {"fingerprint": key, "workers": args.workers, "device": args.device, "jobs": jobs}
         self.record |= {"invocations": (self.prev["invocations"] + 1) if self.prev else 1}
-        if self.prev and self.prev.get("lent"):  # invocations on lent machines, merged by hand (HISTORY.md)
+        # lent machines' invocations, merged by hand (HISTORY.md, "The full suite retrained ... lent H200")
+        if self.prev and self.prev.get("lent"):
             self.record["lent"] = self.prev["lent"]
         self.serial, self.done, self.cached = 0.0, 0, 0
         self.trains = True

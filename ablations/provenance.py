@@ -1,6 +1,6 @@
 """Where a suite's results came from: which stage-0 weights its jobs started from, which devices
-trained them, and how long it took. A suite resumed across sessions, and finished in part on a
-lent GPU, is still one suite only if the report can say all three."""
+trained them, and how long it took. A suite resumed on other machines, and finished in part on
+a lent GPU, is still one suite only if the report can say all three."""
 
 from __future__ import annotations
 
@@ -56,8 +56,9 @@ def versions_line(results: dict[str, dict]) -> str:
 
 def devices_line(results: dict[str, dict]) -> str:
     """The devices the jobs trained on and, when there are several, how many paired differences
-    compare runs on two of them (CPU runs are fp32, CUDA runs bf16 autocast: HISTORY.md measures the
-    two within the seed spread, but a pair on one device holds no device difference at all)."""
+    compare runs on two of them (CPU runs are fp32, CUDA runs bf16 autocast: HISTORY.md, "CPU and GPU
+    give the same numbers", measures the two within the seed spread, but a pair on one device holds no
+    device difference at all)."""
     by = jobs_by_device(results)
     line = "device: " + ", ".join(f"{d} for {n} jobs" for d, (n, _) in by.items())
     if len(by) < 2:
@@ -74,7 +75,7 @@ def devices_line(results: dict[str, dict]) -> str:
 def timing(suite: dict, wall: float | None, by_device: dict[str, tuple[int, float]]) -> str:
     """The suite's wall time as suite.json records it (summed over resumed invocations), or why it
     is unknown, plus the time of invocations on lent machines (`lent` in suite.json, merged by hand:
-    HISTORY.md says how); always the jobs' own time per device."""
+    HISTORY.md, "The full suite retrained ... lent H200", says how); always the jobs' own time per device."""
     if not suite:
         return f"Whole suite: **{wall / 60:.1f} min** wall." if wall else ""
     jobs = ", ".join(f"{s / 60:.1f} min of jobs on {d}" for d, (_, s) in by_device.items())

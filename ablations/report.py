@@ -8,15 +8,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ablations.figures import forest
 from ablations.ledger import Ledger
 from ablations.provenance import devices_line, jobs_by_device, stage0_warning, timing, versions_line
 from ablations.targets import frozen_llm, frozen_llm_held_out, held_to_floors, targets
-from ablations.verdicts import mean_std
+from ablations.verdicts import EQUIVALENCE, MIN_EFFECT, mean_std
 from lab.data.tasks import HELD_OUT, QA_HELD_IN
 
-METRICS = ("held_in_acc", "held_out_acc")
 QA_FAMILIES = QA_HELD_IN
-HISTORY = Path(__file__).with_name("HISTORY.md")  # the regime search, by hand: not regenerated
+HISTORY = Path(__file__).with_name("HISTORY.md")  # the regime search, by hand: linked, not regenerated
+RULE = (
+    "Each claim is decided on paired differences (same seed, same data, same stage 0) over seeds. The 95 % "
+    "interval is mean ± t(0.975; seeds − 1) × s.e. (Student's t; 2.78 s.e. with 5 seeds, 4.30 with 3). "
+    "*Reproduced*: the interval excludes 0 on the paper's side and the mean exceeds {eff}. *Contradicted*: as "
+    "clear the other way, or the interval shows any effect in the paper's direction is under {eff} (*no "
+    "effect*). A claim of no difference (and a control) holds when the whole interval lies within ±{eq}. "
+    "Anything else is *inconclusive*, with the seeds that would decide an effect of its measured size."
+)
 
 
 def verdict_cell(v: dict) -> str:
@@ -70,41 +78,55 @@ def table(result: dict, extra=()) -> str:
         lines.append(f"| {name} | {groups[name]} | " + " | ".join(cells) + " | " + " | ".join(fam) + " |")
     lines += [
         "",
-        "| claim | paper | ours (paired diff ± s.e. over seeds) | verdict |",
+        "| claim | paper | ours: paired Δ [95 % interval, Student's t] | verdict |",
         "|---|---|---|---|",
     ]
     for v in result["verdicts"]:
         paper = result["paper"].get(v["claim"], "")
-        ours = f"{v['a']} − {v['b']} on {v['metric']}: {v['diff_mean']:+.3f} ± {v['diff_se']:.3f}"
-        lines.append(f"| {v['claim']} | {paper} | {ours} | {verdict_cell(v)} |")
+        lines.append(f"| {v['claim']} | {paper} | {effect_cell(v)} | {verdict_cell(v)} |")
     notes = [f"- {v['claim']}: {v['note']}" for v in result["verdicts"] if v["note"]]
     if notes:
         lines += ["", "Why a claim may not reproduce here:", *notes]
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
+def effect_cell(v: dict) -> str:
+    """Our paired difference with its 95 % interval: "a − b on metric: +0.046 [+0.010, +0.082]"."""
+    lo_hi = "" if v.get("ci95") is None else f" [{v['diff_mean'] - v['ci95']:+.3f}, {v['diff_mean'] + v['ci95']:+.3f}]"
+    return f"{v['a']} − {v['b']} on {v['metric']}: {v['diff_mean']:+.3f}{lo_hi}"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    names = list(result["summary"])
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 3.5))
-    width = 0.38
-    for j, metric in enumerate(METRICS):
-        means = [result["summary"][n][metric]["mean"] for n in names]
-        stds = [result["summary"][n][metric]["std"] for n in names]
-        xs = [i + (j - 0.5) * width for i in range(len(names))]
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label=metric)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("exact-match accuracy (test)")
-    ax.set_title(f"{result['comparison']} ({result['config']['mode']}, {result['config']['budget']['seeds']} seeds)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def answer_lines(results: dict[str, dict], claims: list[dict], forest_png: str) -> list[str]:
+    """The report's first screen: every claim with the paper's result, our paired effect and its 95 %
+    interval, and the verdict; then the forest plot of the same effects, the counts, and the rule."""
+    lines = ["| comparison | claim | the paper | ours: paired Δ [95 % interval] | verdict |", "|---|---|---|---|---|"]
+    for v in claims:
+        paper = results[v["comparison"]]["paper"].get(v["claim"], "")
+        lines.append(f"| {v['comparison']} | {v['claim']} | {paper} | {effect_cell(v)} | {verdict_cell(v)} |")
+    counts = {k: sum(v["verdict"] == k for v in claims) for k in ("reproduced", "contradicted", "inconclusive")}
+    undecided = [
+        f"{v['claim']} ({v['seeds_to_decide']} seeds)" if v.get("seeds_to_decide") else f"{v['claim']} (no seed count)"
+        for v in claims
+        if v["verdict"] == "inconclusive"
+    ]
+    lines += [
+        "",
+        f"![paired effects]({forest_png})",
+        "",
+        f"**{counts['reproduced']} reproduced, {counts['contradicted']} contradicted, {counts['inconclusive']} "
+        "inconclusive.** " + RULE.format(eff=MIN_EFFECT, eq=EQUIVALENCE),
+    ]
+    if undecided:
+        lines += ["", "Seeds that would decide each inconclusive claim at its measured effect: " + "; ".join(undecided)]
+    return lines
+
+
+def history_link(report_path: Path) -> str:
+    """A markdown link to HISTORY.md relative to the report that holds it."""
+    import os
+
+    rel = os.path.relpath(HISTORY, Path(report_path).parent if Path(report_path).suffix else report_path)
+    return f"[ablations/HISTORY.md]({rel})"
 
 
 PROBE_INTRO = (
@@ -250,13 +272,17 @@ def report(
         f = out / name / "results.json"
         if f.exists():
             results[name] = json.loads(f.read_text())
-    parts = ["# Ablation report", ""]
     if not results:
         return ""
     first = next(iter(results.values()))
     cfg = first["config"]
     mode = cfg["mode"]
     suite = json.loads((out / "suite.json").read_text()) if (out / "suite.json").exists() else {}
+    claims = [{"comparison": n, **v} for n, res in results.items() for v in res["verdicts"]]
+    path = path or out / "REPORT.md"
+    png = path.with_name(f"{path.stem}.forest.png")  # beside its report: REPORT.forest.png, REPORT.quick.forest.png
+    forest(claims, png, f"Paired effects ({mode} mode, {cfg['budget']['seeds']} seeds, test)")
+    parts = ["# Ablation report", "", *answer_lines(results, claims, png.name), "", "## Details", ""]
     parts += [
         f"Mode: **{mode}**, seeds: {cfg['budget']['seeds']}, {cfg['budget']['per_family']} test questions per "
         f"family, {devices_line(results)}, git commit `{first['git_commit'][:10]}`. "
@@ -264,11 +290,7 @@ def report(
         + " "
         + versions_line(results),
         "Accuracies are exact match on the test split (chosen on val); mean ± std over seeds. `held_in_eval_se` is "
-        "the evaluation's own standard error (binomial over the questions). A verdict is *reproduced* when the "
-        "paired (same seed, same data) difference has the paper's sign and exceeds 2 standard errors over seeds "
-        "(and 0.02), *contradicted* when it is that clear the other way or when mean + 2 s.e. in the paper's direction "
-        "stays under 0.02 (*no effect*: the claimed gain is measured absent); a claim of no difference, and a control, "
-        "holds when mean ± 2 s.e. stays within ±0.03.",
+        "the evaluation's own standard error (binomial over the questions).",
         "",
         f"Regime: `{json.dumps(cfg.get('regime', {}))}`, per stage `{json.dumps(cfg.get('stage_regime', {}))}`, "
         f"stage 0 steps {cfg['budget']['stage0_steps']}, "
@@ -289,16 +311,11 @@ def report(
             "",
         ]
     parts += held_out_section(out / "held_out")
-    parts += ["| comparison | claim | verdict |", "|---|---|---|"]
-    for n, res in results.items():
-        for v in res["verdicts"]:
-            parts.append(f"| {n} | {v['claim']} | {verdict_cell(v)} |")
-    parts.append("")
     parts += probe_section(results)
     for n in results:
         parts += [(out / n / "table.md").read_text(), f"![{n}]({links}{n}/plot.png)", ""]
     if history:
-        parts.append(HISTORY.read_text())
+        parts.append(f"How the regime and the suite came to be, with dated entries: {history_link(path)}.")
     text = "\n".join(parts)
     (path or out / "REPORT.md").write_text(text)
     return text
@@ -306,7 +323,7 @@ def report(
 
 def held_out_section(folder: Path) -> list[str]:
     """The held-out sweep over stage-0 LMs (`ablations.held_out`), when it has run into `folder`."""
-    from ablations.held_out import ARMS, WAYS, table
+    from ablations.sweep_table import WAYS, table
 
     f = folder / "results.json"
     if not f.exists():
@@ -326,18 +343,23 @@ def held_out_section(folder: Path) -> list[str]:
             "",
             table(res["records"]),
         ]
-        + [line for arm in ARMS if arm != "plain" for line in handoff_lines(res.get(arm))]
+        + [line for arm in arms_of(res) for line in handoff_lines(res[arm])]
         + gap_lines(res)
     )
 
 
+def arms_of(res: dict) -> list[str]:
+    """The sweep's arms beside its plain recipe: the entries of its results that pair against it."""
+    return [k for k, v in res.items() if isinstance(v, dict) and "paired" in v]
+
+
 def handoff_lines(arm: dict | None) -> list[str]:
     """One of the sweep's hand-off arms: the same recipe with hand-off distillation (`lab.train.handoff`)."""
-    from ablations.held_out import table
+    from ablations.sweep_table import table
 
     if not arm:
         return []
-    stages = arm.get("stages", {"instruct": arm["weight"]})  # records of stop 27 predate `stages`
+    stages = arm.get("stages", {"instruct": arm["weight"]})  # the first hand-off records predate `stages`
     where = " and ".join({"stage2": "stage 2", "instruct": "instruction tuning"}[s] for s in stages)
     (di, si), (do, so) = arm["paired"]["held_in"], arm["paired"]["held_out_direct"]
     return [
@@ -385,7 +407,8 @@ def main() -> None:
     if args.intro:
         lines[1:1] = ["", args.intro]
     if args.out:
-        Path(args.out).write_text("\n".join(["# Ablation report", "", *lines, HISTORY.read_text()]))
+        history = f"How the regime and the suite came to be: {history_link(Path(args.out))}."
+        Path(args.out).write_text("\n".join(["# Ablation report", "", *lines, "", history]))
     else:
         print("\n".join(lines))
 

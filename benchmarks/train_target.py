@@ -3,7 +3,7 @@ accuracy on 3-object scenes against wall-clock time (2 CPU cores).
 
     python benchmarks/train_target.py --out benchmarks/results/train_target [--connector mlp --stage2-steps 600]
 
-Every stage runs in the ablation regime (`ablations.runner.REGIME`, `STAGE_REGIME`): 48 px scenes,
+Every stage runs in the ablation regime (`ablations.regime.REGIME`, `STAGE`): 48 px scenes,
 patch 8, 4-layer ViT and LLM, the ViT's dense stage-0 loss, the LM's family mix. Instruction tuning
 follows the connector comparison's recipe (stage-0 ViT frozen, connector and LLM tuned); with
 `--stage2-steps`, the connector is first aligned with both encoders frozen (LLaVA's stage 1).
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import lab
-from ablations.runner import REGIME, STAGE_REGIME
+from ablations.regime import REGIME, STAGE
 from lab.data import SceneDataConfig, load_tokenizer
 from lab.eval import evaluate_scenes
 from lab.train import build_config, train
@@ -49,7 +49,7 @@ def main() -> None:
     curve = []
 
     def cfg(stage: str, **o):
-        return build_config(stage, overrides={**REGIME, **STAGE_REGIME.get(stage, {}), **o})
+        return build_config(stage, overrides={**REGIME, **STAGE.get(stage, {}), **o})
 
     train(cfg("vision", max_steps=args.vision_steps, **THREE), work / "vision", progress=False)
     train(cfg("lm", max_steps=args.lm_steps), work / "lm", progress=False)

@@ -139,8 +139,9 @@ def handoff_gap(model: VisionLanguageModel, tok, samples, collator=None) -> list
 
     Why: distillation fits this gap on held-in questions only. Measured on a held-out family, it says
     whether the fit carried over to a question form the connector never trained on. Through the held-out
-    sweep's LMs (val; ablations/HISTORY.md, stop 28), the models whose compare_count gap stayed at their
-    held-in level were those that answered compare_count from the image."""
+    sweep's LMs (val; ablations/HISTORY.md, "Hand-off distillation: a larger weight ..."), the models
+    whose compare_count gap stayed at their held-in level were those that answered compare_count from
+    the image."""
     from lab.train import handoff
 
     batch = (collator or collator_for(model, tok))(samples) | handoff.text_twins(samples, tok)

@@ -1,7 +1,7 @@
 """lab as a user meets it: from the repo root, from notebooks/, from a folder outside the repo, and
 installed from a built wheel. transformers depends on Hugging Face's `kernels` package; lab's Triton
 kernels import as `lab_kernels` and their folder, kernels/, has no __init__.py, so neither can shadow
-the other wherever Python starts (README.md, "Triton kernels").
+the other wherever Python starts (docs/kernels.md, "Triton kernels").
 
 Every check runs in a subprocess with a clean environment: no PYTHONPATH, nothing from this pytest
 process but the venv's interpreter (and TRITON_INTERPRET=1, which a CPU user sets for the kernels)."""

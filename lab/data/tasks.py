@@ -61,7 +61,7 @@ def dense_candidates(kind: str) -> tuple[tuple[str, ...], tuple[tuple[int, int],
     """The phrases stage 0's dense loss scores each patch token against, and their groups
     ((start, end) slices; one answer per group). Always every possible phrase, never only a batch's:
     in a batch of 32 scenes a cell's colour and size alone single out its phrase, and shape would
-    go unlearned (measured, ablations/HISTORY.md)."""
+    go unlearned (ablations/HISTORY.md, "A dense stage-0 objective, first try")."""
     if kind == "phrase":
         phrases = tuple(all_cell_phrases())
         return phrases, ((0, len(phrases)),)

@@ -97,7 +97,8 @@ class ContrastiveHeads(nn.Module):
         phrases by cosine and must pick c's; the losses of the groups add up.
 
         Why: with a pooled loss, what a cell holds can stay spread over its patches, and an LLM
-        reading one token at a time never finds "the circle" (measured in ablations/HISTORY.md)."""
+        reading one token at a time never finds "the circle" (ablations/HISTORY.md, "An oracle ViT locates
+        the cause")."""
         b, n, _ = features.shape
         g = math.isqrt(n)  # patches per side, CLS (if any) dropped below
         tokens = features[:, n - g * g :] if g * g != n else features

@@ -51,7 +51,8 @@ class ConnectorConfig(Config):
     # scale through the layer; "torch" is nn.Linear's default, U(±sqrt(1 / fan_in)), a third of the
     # variance per layer. With "torch" the two layers hand the LLM visual tokens at a fifth of the RMS
     # of its text embeddings (0.19-0.21 vs 1.0; the linear connector 0.52-0.61), and the MLP learned
-    # several times slower than linear (ablations/HISTORY.md). Loading weights ignores it.
+    # several times slower than linear (ablations/HISTORY.md, "The MLP projector learned slowly because of its
+    # init"). Loading weights ignores it.
     mlp_init: str = "lecun"
 
     RENAMED: ClassVar[dict[str, str]] = {"impl": "mlp_impl"}

@@ -227,10 +227,17 @@ def build_config(
     quick: bool = False,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    preset: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Preset for the stage (quick or full), then a YAML file, then overrides, in that order."""
+    """Preset for the stage (quick or full), then a YAML file, then overrides, in that order. `preset`
+    (dotted keys) replaces lab's preset: the ablation suite sets its own (`ablations.regime`)."""
     check_choice("stage", stage, STAGE_NAMES)
-    data = merge(TrainConfig(stage=stage).to_dict(), PRESETS[stage][1 if quick else 0])
+    if preset is None:
+        data = merge(TrainConfig(stage=stage).to_dict(), PRESETS[stage][1 if quick else 0])
+    else:
+        data = TrainConfig(stage=stage).to_dict()
+        for k, v in preset.items():
+            set_override(data, k, v)
     if config_file:
         path = Path(config_file)
         if not path.is_file():
