@@ -9,7 +9,7 @@ A job step's config is built in layers, each a dict of dotted `TrainConfig` keys
 4. `regime`: `REGIME` for every step, `STAGE` for the step's stage (chosen on val; REPORT.md's "Regime");
 5. `comparison`: what every variant of the comparison sets alike for the step's stage;
 6. `variant`: the rest of the step's overrides;
-7. `budget`: seed, step count (`ablations.runner.Budget`).
+7. `budget`: seed, step count (`ablations.plan.Budget`).
 
 `python -m ablations --plan` prints each job's keys that are not lab defaults with their layer.
 """

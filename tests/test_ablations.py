@@ -18,7 +18,8 @@ from ablations.ledger import Ledger, stage0_versions, weights_digest
 from ablations.plan import Step, Variant, cli
 from ablations.probe import RidgeProbe
 from ablations.provenance import stage0_warning
-from ablations.report import seed_lines, summarize
+from ablations.report import summarize
+from ablations.report_sections import seed_lines
 from ablations.runner import Runner
 from ablations.targets import frozen_llm_held_out, held_to_floors, targets
 from ablations.verdicts import paired
@@ -470,7 +471,7 @@ def test_held_out_sweep_reads_each_lm_three_ways_and_resumes(tmp_path):
     nothing; the report renders the table. Plumbing, not models."""
     import lab.train
     from ablations.held_out import HANDOFF, main
-    from ablations.report import held_out_section
+    from ablations.report_sections import held_out_section
     from ablations.sweep_table import WAYS
     from lab.data import HELD_OUT
 
