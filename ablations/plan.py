@@ -164,10 +164,10 @@ class Plan:
     def provenance(self, c: Comparison, v: Variant, seed: int) -> list[tuple[str, dict[str, tuple[Any, str]]]]:
         """Per step of the job: {key: (value, the layer that set it)} for every key not at lab's default
         (`ablations.regime`: mode, --config, regime, comparison, variant, budget)."""
-        from lab.train.config import _flatten
+        from lab.train.config import flatten
 
         shared = shared_overrides([[(s.stage, s.overrides) for s in w.recipe] for w in c.variants])
-        config_file = _flatten(yaml.safe_load(Path(self.args.config).read_text()) or {}) if self.args.config else {}
+        config_file = flatten(yaml.safe_load(Path(self.args.config).read_text()) or {}) if self.args.config else {}
         out = []
         for step in v.recipe:
             n = self.step_count(step)

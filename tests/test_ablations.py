@@ -646,3 +646,23 @@ def test_the_readme_walkthrough_configs_are_the_suites_regime(stage):
     root = Path(__file__).resolve().parents[1]
     ours = build_config(stage, config_file=root / "configs" / "regime" / f"{stage}.yaml").identity()
     assert ours == suite
+
+
+def test_plan_says_which_layer_set_each_key(tmp_path):
+    """`--plan`'s provenance: a key set by every variant of a comparison is the comparison's, the rest of a
+    step's overrides the variant's; the regime, the mode, a --config file and the budget name themselves."""
+    from ablations import connector
+
+    (tmp_path / "wd.yaml").write_text("optim: {weight_decay: 0.02, lr: 9.0}\n")
+    plan = Runner(cli("x", ["--quick", "--config", str(tmp_path / "wd.yaml"), "--out", str(tmp_path)]))
+    c = connector.comparison(True)
+    linear = next(v for v in c.variants if v.name == "linear")
+    ((stage, keys),) = plan.provenance(c, linear, 1)
+    assert stage == "instruct"
+    assert keys["model.connector.kind"] == ("linear", "variant")
+    assert keys["model.freeze_vision"] == (True, "comparison")
+    assert keys["optim.lr"] == (2e-3, "regime")  # the regime overrides the --config file's lr
+    assert keys["optim.weight_decay"] == (0.02, "--config")
+    assert keys["optim.warmup_steps"] == (10, "mode")
+    assert keys["seed"] == (1, "budget") and "save_every" not in keys  # not part of what a job computes
+    assert "model.llm.hidden_size" not in keys  # a lab default

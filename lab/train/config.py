@@ -191,11 +191,12 @@ def set_override(data: dict, key: str, value: Any) -> None:
             node.pop(k)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested config dict as dotted keys: {"optim": {"lr": 1}} -> {"optim.lr": 1}."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -250,7 +251,7 @@ def build_config(
             raise ConfigError(f"{path} is not valid YAML{line}: {getattr(e, 'problem', e)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config_file} must hold a mapping of config keys")
-        for k, v in _flatten(loaded).items():  # one key at a time, so connector.kind drops the Q-Former
+        for k, v in flatten(loaded).items():  # one key at a time, so connector.kind drops the Q-Former
             set_override(data, k, v)
     for k, v in (overrides or {}).items():
         set_override(data, k, v)
