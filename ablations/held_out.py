@@ -106,6 +106,14 @@ class Sweep(Runner):
         shutil.rmtree(folder, ignore_errors=True)  # scratch: the record is the result
         return rec
 
+    def sweep_plan(self, lms: int) -> list[str]:
+        """`--plan`: each (LM, arm) job, whether the ledger holds it; trains nothing."""
+        ledger = Ledger(self.out / "jobs.jsonl")
+        keys = {(lm, arm): self.key(lm, arm) for arm in ARMS for lm in range(lms)}
+        state = {k: "in the ledger" if k in ledger else "trains" for k in keys.values()}
+        lines = [f"LM {lm}, arm {arm} [{k}]: {state[k]}" for (lm, arm), k in keys.items()]
+        return lines + [f"ledger {ledger.path}: {sum(k in ledger for k in keys.values())} of {len(keys)} jobs found"]
+
     def run(self, lms: int) -> dict[str, list[dict]]:
         """Every (LM, arm) the ledger lacks: stage 0 first (the ViT, then the LMs), then the recipes.
         Returns each arm's records (arm -> one record per LM)."""
@@ -137,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         args.out = str(results / ("quick" if args.quick else "") / "held_out")
     sweep = Sweep(args)
+    if args.plan:
+        print("\n".join(sweep.sweep_plan(lms)))
+        return 0
     arms = sweep.run(lms)
     records = arms["plain"]
     tried = {

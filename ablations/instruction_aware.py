@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from ablations.plan import Comparison, Step, Variant, cli
-from ablations.runner import Runner
+from ablations.runner import run_one
 from ablations.verdicts import by_seed, cross_device, paired, verdict_row
 
 PAPER = {
@@ -101,8 +101,7 @@ def comparison(quick: bool) -> Comparison:
 
 def main(argv: list[str] | None = None) -> int:
     args = cli(__doc__, argv)
-    Runner(args).run_all([comparison(args.quick)])
-    return 0
+    return run_one(comparison(args.quick), args)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,17 @@ def git_commit() -> str:
         return "unknown"
 
 
+def run_one(comparison, args) -> int:
+    """One comparison's command line (`python -m ablations NAME`): `--plan` says what would train and why,
+    otherwise every job the ledger lacks trains and the comparison's results are written."""
+    runner = Runner(args)
+    if args.plan:
+        print("\n".join(runner.plan_lines([comparison])))
+    else:
+        runner.run_all([comparison])
+    return 0
+
+
 class Runner(Plan):
     """The plan, trained: stage 0, every job the ledger lacks, the stage-0 measurements, the results."""
 

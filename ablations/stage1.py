@@ -17,7 +17,7 @@ import dataclasses
 import sys
 
 from ablations.plan import MLP_CONNECTOR, Comparison, Step, Variant, cli
-from ablations.runner import Runner
+from ablations.runner import run_one
 from ablations.verdicts import paired
 
 PAPER = {
@@ -153,8 +153,7 @@ def comparison(quick: bool) -> Comparison:
 
 def main(argv: list[str] | None = None) -> int:
     args = cli(__doc__, argv)
-    Runner(args).run_all([comparison(args.quick)])
-    return 0
+    return run_one(comparison(args.quick), args)
 
 
 if __name__ == "__main__":

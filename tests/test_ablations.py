@@ -666,3 +666,14 @@ def test_plan_says_which_layer_set_each_key(tmp_path):
     assert keys["optim.warmup_steps"] == (10, "mode")
     assert keys["seed"] == (1, "budget") and "save_every" not in keys  # not part of what a job computes
     assert "model.llm.hidden_size" not in keys  # a lab default
+
+
+@pytest.mark.parametrize("name", ["connector", "held_out"])
+def test_plan_trains_nothing_for_one_comparison_or_the_sweep(name, tmp_path, capsys):
+    import lab.train
+    from ablations.__main__ import main
+
+    with mock.patch.object(lab.train, "train", side_effect=RuntimeError("trained")):
+        assert main([name, "--smoke", "--quick", "--out", str(tmp_path), "--plan"]) == 0
+    assert "jobs found" in capsys.readouterr().out
+    assert not (tmp_path / "jobs.jsonl").exists()
