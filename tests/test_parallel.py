@@ -89,6 +89,7 @@ same = want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in w
 same = same and a.keys() == b.keys() and all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a)
 if dist.get_rank() == 0:
     print("restored exactly" if same else "restore differs")
+dist.barrier()  # both ranks done before gloo tears down (one rank exiting first aborted the other, rarely)
 dist.destroy_process_group()
 """
 
