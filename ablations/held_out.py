@@ -106,10 +106,14 @@ class Sweep(Runner):
         shutil.rmtree(folder, ignore_errors=True)  # scratch: the record is the result
         return rec
 
+    def keys(self, lms: int) -> dict[tuple[int, str], str]:
+        """{(LM seed, arm): fingerprint} of every job of the sweep."""
+        return {(lm, arm): self.key(lm, arm) for arm in ARMS for lm in range(lms)}
+
     def sweep_plan(self, lms: int) -> list[str]:
         """`--plan`: each (LM, arm) job, whether the ledger holds it; trains nothing."""
         ledger = Ledger(self.out / "jobs.jsonl")
-        keys = {(lm, arm): self.key(lm, arm) for arm in ARMS for lm in range(lms)}
+        keys = self.keys(lms)
         state = {k: "in the ledger" if k in ledger else "trains" for k in keys.values()}
         lines = [f"LM {lm}, arm {arm} [{k}]: {state[k]}" for (lm, arm), k in keys.items()]
         return lines + [f"ledger {ledger.path}: {sum(k in ledger for k in keys.values())} of {len(keys)} jobs found"]
@@ -118,7 +122,7 @@ class Sweep(Runner):
         """Every (LM, arm) the ledger lacks: stage 0 first (the ViT, then the LMs), then the recipes.
         Returns each arm's records (arm -> one record per LM)."""
         ledger = Ledger(self.out / "jobs.jsonl")
-        keys = {(lm, arm): self.key(lm, arm) for arm in ARMS for lm in range(lms)}
+        keys = self.keys(lms)
         todo = [job for job, key in keys.items() if key not in ledger]
         with open_pool(self.args.workers) as pool:
             if todo:

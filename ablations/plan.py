@@ -245,4 +245,4 @@ class Plan:
             for stage, keys_of in self.provenance(by_name[name], v, seed):
                 set_here = ", ".join(f"{k}={json.dumps(x)} ({layer})" for k, (x, layer) in sorted(keys_of.items()))
                 lines.append(f"  {stage}: {set_here}")
-        return lines + preflight.report(self, jobs, keys, ledger, pretrained)
+        return lines + preflight.report(self, jobs, keys, ledger, preflight.stage0_changes(self, pretrained))

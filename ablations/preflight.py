@@ -64,8 +64,9 @@ def stage0_changes(runner, seeds: list[int]) -> list[tuple[str, str, bool]]:
     return out
 
 
-def report(runner, jobs: list[tuple], keys: list[str], ledger, seeds: list[int]) -> list[str]:
-    """Lines saying what trains and why: the ledger's records found, the jobs that train, stage 0."""
+def report(runner, jobs: list[tuple], keys: list[str], ledger, changes: list[tuple[str, str, bool]]) -> list[str]:
+    """Lines saying what trains and why: the ledger's records found, the jobs that train, and stage 0
+    (`changes`: `stage0_changes`)."""
     fresh = runner.fresh_records(ledger)
     unique = list(dict.fromkeys(keys))
     new = [k for k in unique if k not in ledger]
@@ -82,16 +83,17 @@ def report(runner, jobs: list[tuple], keys: list[str], ledger, seeds: list[int])
         lines.append(f"  {len(uncovered)} of those found predate the families {lacking} (no score for them): retrain")
     if not (new or stale or uncovered):
         lines.append("  no job trains")
-    for folder, why, finished in stage0_changes(runner, seeds):
+    for folder, why, finished in changes:
         if new or stale or uncovered or finished:
             lines.append(f"{Path(folder).relative_to(runner.out)}: {why}")
     return lines
 
 
-def refuse_stage0_loss(runner, seeds: list[int]) -> None:
-    """Stop, naming why, before a finished stage-0 part would be replaced without `--retrain-stage0`."""
-    replaced = [(f, why) for f, why, finished in stage0_changes(runner, seeds) if finished]
-    if replaced and not getattr(runner.args, "retrain_stage0", False):
+def refuse_stage0_loss(changes: list[tuple[str, str, bool]], allowed: bool) -> None:
+    """Stop, naming why, before a finished stage-0 part would be replaced (`changes`: `stage0_changes`)
+    unless `allowed` (`--retrain-stage0`)."""
+    replaced = [(f, why) for f, why, finished in changes if finished]
+    if replaced and not allowed:
         parts = "; ".join(f"{f} ({why})" for f, why in replaced)
         raise SystemExit(
             f"error: this would replace the finished stage 0 {parts}. Every record in the ledger started from "

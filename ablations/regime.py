@@ -96,10 +96,8 @@ def check_keys(overrides: dict[str, Any], full: dict[str, Any], where: str) -> N
     from lab.config import ConfigError
 
     for key in overrides:
-        *parents, leaf = key.split(".")
-        node: Any = full
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
+        parent, _, leaf = key.rpartition(".")
+        node = _get(full, parent) if parent else full
         if not isinstance(node, dict) or leaf not in node:
             raise ConfigError(f"{where}: {key} is not a TrainConfig setting")
         if isinstance(node[leaf], dict):

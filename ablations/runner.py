@@ -190,10 +190,11 @@ class Runner(Plan):
             }
             return todo, [s for s in pretrained if not fresh(text_keys[s])], not fresh(probe_key)
 
-        print("\n".join(preflight.report(self, jobs, keys, ledger, pretrained)), flush=True)
+        changes = preflight.stage0_changes(self, pretrained)  # read once: the report and the refusal share it
+        print("\n".join(preflight.report(self, jobs, keys, ledger, changes)), flush=True)
         todo, missing_text, missing_probes = missing()
         if todo or missing_text or missing_probes:
-            preflight.refuse_stage0_loss(self, pretrained)
+            preflight.refuse_stage0_loss(changes, getattr(self.args, "retrain_stage0", False))
         clock.trains = bool(todo or missing_text or missing_probes)
         with open_pool(self.args.workers) as pool:
             if todo or missing_text or missing_probes:

@@ -543,7 +543,7 @@ def test_a_changed_stage0_is_named_and_replaced_only_when_asked(tmp_path):
     for part in ("vision", "lm"):
         runner.stage0(0, part)
     assert preflight.stage0_changes(runner, [0]) == []
-    preflight.refuse_stage0_loss(runner, [0])  # nothing to replace
+    preflight.refuse_stage0_loss(preflight.stage0_changes(runner, [0]), False)  # nothing to replace
 
     (tmp_path / "deeper.yaml").write_text("optim: {weight_decay: 0.02}\n")
     changed = Runner(
@@ -552,7 +552,7 @@ def test_a_changed_stage0_is_named_and_replaced_only_when_asked(tmp_path):
     with pytest.raises(
         SystemExit, match=r"stage0/seed0/lm \(trained under other settings: optim.weight_decay: 0.01 -> 0.02\)"
     ):
-        preflight.refuse_stage0_loss(changed, [0])
+        preflight.refuse_stage0_loss(preflight.stage0_changes(changed, [0]), changed.args.retrain_stage0)
     asked = Runner(
         cli(
             "x",
@@ -567,7 +567,8 @@ def test_a_changed_stage0_is_named_and_replaced_only_when_asked(tmp_path):
             ],
         )
     )
-    preflight.refuse_stage0_loss(asked, [0])
+    assert asked.args.retrain_stage0
+    preflight.refuse_stage0_loss(preflight.stage0_changes(asked, [0]), asked.args.retrain_stage0)
 
     # a tokenizer that lacks only words appended since (a new family's) keeps stage 0 valid, and says so
     lm = runner.stage0_dir(0) / "lm"
