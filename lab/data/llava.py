@@ -429,7 +429,7 @@ class LlavaJSON:
         path = self.folder / r["image"]
         try:
             with Image.open(path) as im:
-                im = im.convert("RGB")
+                im = im if im.mode == "RGB" else im.convert("RGB")  # converting to its own mode copies
                 if self.image_size is not None:
                     im = im.resize((self.image_size, self.image_size), Image.BICUBIC)
                 return np.asarray(im, dtype=np.uint8)
