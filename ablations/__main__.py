@@ -45,7 +45,8 @@ def run(args) -> int:
     if args.plan:
         print("\n".join(runner.plan_lines(comparisons)))
         return 0
-    runner.run_all(comparisons)
+    # a spec keeps its own clock beside its results: OUT/suite.json times the suite
+    runner.run_all(comparisons, clock=runner.out / comparisons[0].name / "suite.json" if args.spec else None)
     if args.spec:
         path = runner.out / comparisons[0].name / "REPORT.md"
         report(runner.out, [comparisons[0].name], runner.wall_s, path=path, links="../")

@@ -2,10 +2,11 @@
 
 The suite shares one stage-0 LM, and on one unchanged recipe three LMs gave held-out 0.54-0.67
 (HISTORY.md, "What caps held-out is the transfer through the connector, not only the LM"): one LM is
-one draw. Here the frozen-LLM recipe of `stage1/qformer_no_stage1`
-(plain Q-Former, K = 8, ViT and LLM frozen, stage 2 then instruction tuning) runs on `--lms` LMs
-(seeds 0..N-1; every one beside the seed-0 ViT), and each model answers the held-out families
-(relation, compare_count; test split, answers ranked) three ways:
+one draw. This comparison puts the frozen-LLM recipe of `stage1/qformer_no_stage1` (plain Q-Former,
+K = 8, ViT and LLM frozen, stage 2 then instruction tuning) on an axis over `--lms` stage-0 LMs
+(`ablations.plan.over_lms`: seeds 0..N-1, each beside the suite's seed-0 ViT), in two arms (without
+and with hand-off distillation), and each model answers the held-out families (relation,
+compare_count; test split, answers ranked) three ways:
 
 - `direct`: from the image's soft tokens, the suite's held-out score (InstructBLIP's transfer);
 - `words`: through its own caption: the model describes the image, its LLM ranks from that text
@@ -15,25 +16,24 @@ one draw. Here the frozen-LLM recipe of `stage1/qformer_no_stage1`
 `words` close to `caption` and far above `direct` says the image's content crosses the connector
 and the loss is in handing it to the LLM as soft tokens.
 
-`python -m ablations.held_out [--quick] [--lms N] [--workers N] [--out DIR]`. Resumable: finished LMs
-are kept in `OUT/jobs.jsonl` (`ablations.ledger`); stage 0 and run folders are scratch (`OUT/_runs`).
+`python -m ablations held_out [--quick] [--lms N] [--workers N] [--out DIR]`: the suite's runner,
+ledger and stage 0 (the LMs of seeds 1..N-1 are trained beside seed 0's when a job needs them), so
+it plans (`--plan`), resumes and reports like any comparison. Not part of `all`: its LMs are stage
+0 the suite does not otherwise need.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
+import dataclasses
 import sys
-import time
 from pathlib import Path
 
-from ablations.ledger import Ledger, weights_digest
-from ablations.plan import PROTOCOL, ROOT, Variant, cli, key_of
-from ablations.pool import call, finished, open_pool
-from ablations.runner import Runner, git_commit
+from ablations import stage1
+from ablations.plan import Comparison, Variant, cli, over_lms
+from ablations.runner import run_one
 from ablations.stage1 import HANDOFF
-from ablations.sweep_table import gap_table, paired, summary, table
+from ablations.sweep_table import WAYS, gap_table, paired, summary, table
 from lab.data.tasks import HELD_OUT
 
 RECIPE = ("stage1", "qformer_no_stage1")  # (comparison, variant): its recipe, unchanged
@@ -45,145 +45,120 @@ ARMS: dict[str, dict[str, float]] = {"plain": {}, "handoff": {"instruct": HANDOF
 GAP_SAMPLES = 128  # test samples per family for the hand-off gap (`lab.eval.handoff_gap`)
 
 
-class Sweep(Runner):
-    """The suite's runner with one stage 0 per LM seed (the ViT always seed 0's), kept in the scratch
-    folder: the ledger keeps each finished LM's result and the digest of the weights it used."""
+def variants(quick: bool, lms: int) -> list[Variant]:
+    """The recipe in each arm (an arm's stages add hand-off distillation at their weight), on `lms` LMs."""
+    recipe = next(v for v in stage1.variants(quick) if v.name == RECIPE[1])
+    alike = {"group": "sweep", "probe": False, "shortfall": None, "measure": measure}
+    arms = [dataclasses.replace(stage1.with_handoff(recipe, ARMS[arm]), name=arm, **alike) for arm in ARMS]
+    return over_lms(arms, lms)
 
-    def stage0_dir(self, seed: int) -> Path:
-        return self.work / "stage0" / f"seed{seed}"
 
-    def variant(self, arm: str = "plain") -> Variant:
-        """The recipe; an arm's stages add hand-off distillation at their weight."""
-        from ablations import stage1
+def measure(plan, model, final: Path, seed: int) -> dict:
+    """A sweep job's measurement (`Variant.measure`): held-in, held-out read three ways, and the hand-off
+    gap per family, held-out ones included (does a fit on held-in carry over?). Test split."""
+    import torch
 
-        v = next(v for v in stage1.variants(self.args.quick) if v.name == RECIPE[1])
-        return stage1.with_handoff(v, ARMS[arm])
+    from lab.data import SceneDataConfig, SceneTasks, load_tokenizer
+    from lab.eval import evaluate_scenes, handoff_gap
+    from lab.rundir import RunDir
 
-    def key(self, lm: int, arm: str = "plain") -> str:
-        parts = [self.stage0_key(0, "vision"), self.stage0_key(lm, "lm")]
-        return key_of([PROTOCOL, "held_out", parts, self.plan(self.variant(arm), 0), self.budget.per_family])
+    tok = load_tokenizer(final)
+    data = SceneDataConfig.from_dict(RunDir(final).train_config()["data"])
+    torch.manual_seed(seed)
+    n = plan.budget.per_family
+    res = evaluate_scenes(model, tok, data, per_family=n, split="test", caption_samples=64, words=True)
+    ways = {"direct": res["acc_ranked"], "words": res["acc_words"], "caption": res["acc_from_caption"]}
+    gap = {
+        f: handoff_gap(model, tok, [SceneTasks(data.replace(families=[f]), "test")[i] for i in range(GAP_SAMPLES)])
+        for f in (*data.families, *HELD_OUT)
+    }
+    return {"metrics": metrics_of(res["held_in_acc"], ways, res["caption_slot_recall"]), **ways, "handoff_gap": gap}
 
-    def lm_job(self, lm: int, arm: str = "plain") -> dict:
-        """The recipe (seed 0, one arm) on the LM of seed `lm`, scored on test: the ledger record."""
-        import torch
 
-        import lab
-        from lab.data import SceneDataConfig, SceneTasks, load_tokenizer
-        from lab.eval import evaluate_scenes, handoff_gap
-        from lab.rundir import RunDir
+def metrics_of(held_in: float, ways: dict[str, dict[str, float]], slot_recall: float) -> dict[str, float]:
+    """A sweep job's numbers as the suite's job metrics: held-out per way averaged over the families
+    (`held_out_ranked_acc` is `direct`, the suite's held-out score), and the chance levels."""
+    from ablations.evaluate import chance
+    from lab.data import SceneDataConfig
 
-        t0 = time.perf_counter()
-        stage0 = {"vision": self.stage0_dir(0) / "vision", "lm": self.stage0_dir(lm) / "lm"}
-        folder = self.work / f"lm{lm}_{arm}"
-        v = self.variant(arm)
-        outputs, _ = self.train_recipe(v, 0, folder, stage0)
-        final = outputs[v.recipe[-1].stage]
-        model, tok = lab.load_pretrained(final).to(self.args.device), load_tokenizer(final)
-        data = SceneDataConfig.from_dict(RunDir(final).train_config()["data"])
-        torch.manual_seed(0)
-        n = self.budget.per_family
-        res = evaluate_scenes(model, tok, data, per_family=n, split="test", caption_samples=64, words=True)
-        gap = {  # the hand-off gap per family, held-out ones included: does a fit on held-in carry over?
-            f: handoff_gap(model, tok, [SceneTasks(data.replace(families=[f]), "test")[i] for i in range(GAP_SAMPLES)])
-            for f in (*data.families, *HELD_OUT)
-        }
-        rec = {
-            "kind": "held_out",
-            "lm_seed": lm,
+    mean = {w: sum(acc[f] for f in HELD_OUT) / len(HELD_OUT) for w, acc in ways.items()}
+    return {
+        "held_in_acc": held_in,
+        "held_out_ranked_acc": mean["direct"],
+        "held_out_words_acc": mean["words"],
+        "held_out_caption_acc": mean["caption"],
+        "caption_slot_recall": slot_recall,
+        **{f"chance_{f}": c for f, c in chance(SceneDataConfig()).items()},
+    }
+
+
+def rows(runs: list[dict], arm: str) -> list[dict]:
+    """One arm's jobs as the sweep tables' rows (`ablations.sweep_table`), in LM order."""
+    mine = sorted((r for r in runs if r["variant"].rsplit("_lm", 1)[0] == arm), key=lambda r: r["stage0_seeds"]["lm"])
+    return [
+        {
+            "lm_seed": r["stage0_seeds"]["lm"],
             "arm": arm,
             "handoff_weight": ARMS[arm].get("instruct", 0.0),
             "handoff_stage2": ARMS[arm].get("stage2", 0.0),
-            "held_in_acc": res["held_in_acc"],
-            "direct": res["acc_ranked"],
-            "words": res["acc_words"],
-            "caption": res["acc_from_caption"],
-            "caption_slot_recall": res["caption_slot_recall"],
-            "handoff_gap": gap,
-            "per_family": n,
-            "stage0_weights": {part: weights_digest(path) for part, path in stage0.items()},
-            "wall_s": time.perf_counter() - t0,
+            "held_in_acc": r["metrics"]["held_in_acc"],
+            **{w: r[w] for w in WAYS},
+            "caption_slot_recall": r["metrics"]["caption_slot_recall"],
+            "handoff_gap": r.get("handoff_gap"),
+            "stage0_weights": r["stage0_weights"],
+            "wall_s": r["wall_s"],
         }
-        shutil.rmtree(folder, ignore_errors=True)  # scratch: the record is the result
-        return rec
-
-    def keys(self, lms: int) -> dict[tuple[int, str], str]:
-        """{(LM seed, arm): fingerprint} of every job of the sweep."""
-        return {(lm, arm): self.key(lm, arm) for arm in ARMS for lm in range(lms)}
-
-    def sweep_plan(self, lms: int) -> list[str]:
-        """`--plan`: each (LM, arm) job, whether the ledger holds it; trains nothing."""
-        ledger = Ledger(self.out / "jobs.jsonl")
-        keys = self.keys(lms)
-        state = {k: "in the ledger" if k in ledger else "trains" for k in keys.values()}
-        lines = [f"LM {lm}, arm {arm} [{k}]: {state[k]}" for (lm, arm), k in keys.items()]
-        return lines + [f"ledger {ledger.path}: {sum(k in ledger for k in keys.values())} of {len(keys)} jobs found"]
-
-    def run(self, lms: int) -> dict[str, list[dict]]:
-        """Every (LM, arm) the ledger lacks: stage 0 first (the ViT, then the LMs), then the recipes.
-        Returns each arm's records (arm -> one record per LM)."""
-        ledger = Ledger(self.out / "jobs.jsonl")
-        keys = self.keys(lms)
-        todo = [job for job, key in keys.items() if key not in ledger]
-        with open_pool(self.args.workers) as pool:
-            if todo:
-                lm_parts = [(self, "stage0", (lm, "lm")) for lm in sorted({lm for lm, _ in todo})]
-                list(pool.map(call, [(self, "stage0", (0, "vision")), *lm_parts]))
-            for rec in finished(pool, call, [(self, "lm_job", job) for job in todo]):
-                ledger.add({**rec, "fingerprint": keys[rec["lm_seed"], rec["arm"]]})
-                print(f"held-out: LM {rec['lm_seed']}, arm {rec['arm']}: {rec['wall_s']:.0f} s", flush=True)
-        # records of the first two arms predate the arm's name in the record: the key finds them
-        return {arm: [{**ledger[keys[lm, arm]], "arm": arm} for lm in range(lms)] for arm in ARMS}
+        for r in mine
+    ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    own = argparse.ArgumentParser(add_help=False)  # this script's own flag; the rest are the suite's
-    own.add_argument("--lms", type=int, default=5, help="stage-0 LMs (seeds 0..N-1)")
-    known, rest = own.parse_known_args(sys.argv[1:] if argv is None else argv)
-    lms = known.lms
-    if lms < 1:
-        raise SystemExit(f"held_out: --lms must be at least 1, got {lms}")
-    args = cli(__doc__, rest)
-    if args.seeds or args.config or args.stage0_per_seed:
-        raise SystemExit("held_out: --seeds, --config and --stage0-per-seed do not apply; --lms sets the LMs")
-    results = ROOT / "ablations" / "results"
-    if args.out is None:
-        args.out = str(results / ("quick" if args.quick else "") / "held_out")
-    sweep = Sweep(args)
-    if args.plan:
-        print("\n".join(sweep.sweep_plan(lms)))
-        return 0
-    arms = sweep.run(lms)
-    records = arms["plain"]
+def details(runs: list[dict]) -> tuple[dict, str]:
+    """The sweep's tables (`Comparison.details`): per LM, each arm, the arms paired LM by LM."""
+    arms = {arm: rows(runs, arm) for arm in ARMS}
+    plain = arms["plain"]
     tried = {
-        arm: {
-            "stages": ARMS[arm],
-            "weight": ARMS[arm].get("instruct", 0.0),
-            "records": arms[arm],
-            "summary": summary(arms[arm]),
-            "paired": paired(records, arms[arm]),
-        }
+        arm: {"stages": ARMS[arm], "weight": ARMS[arm].get("instruct", 0.0), "records": arms[arm],
+              "summary": summary(arms[arm]), "paired": paired(plain, arms[arm])}
         for arm in ARMS
         if arm != "plain"
-    }
-    result = {
-        "gap_table": gap_table(arms),
+    }  # fmt: skip
+    sweep = {
         "recipe": "/".join(RECIPE),
-        "lms": lms,
-        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
-        "records": records,
-        "summary": summary(records),
+        "lms": len(plain),
+        "records": plain,
+        "summary": summary(plain),
         **tried,  # "handoff"
-        "wall_s": sum(r["wall_s"] for rs in arms.values() for r in rs),
-        "git_commit": git_commit(),
+        "gap_table": gap_table(arms),
     }
-    (sweep.out / "results.json").write_text(json.dumps(result, indent=2))
-    text = table(records) + "".join(
+    text = table(plain) + "".join(
         f"\nWith hand-off distillation (weight {HANDOFF:g}) in {' and '.join(ARMS[arm])}:\n\n" + table(arms[arm])
         for arm in tried
     )
-    (sweep.out / "table.md").write_text(text)
-    print(text, flush=True)
-    return 0
+    return {"sweep": sweep}, text
+
+
+def comparison(quick: bool, lms: int = 5) -> Comparison:
+    return Comparison(
+        "held_out",
+        variants(quick, lms),
+        paper={"InstructBLIP": "held-out transfer through a frozen LLM (no number: this measures where it is lost)"},
+        verdicts=lambda runs: [],
+        extra_metrics=("held_out_words_acc", "held_out_caption_acc"),
+        details=details,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    own = argparse.ArgumentParser(add_help=False)  # this comparison's own flag; the rest are the suite's
+    own.add_argument("--lms", type=int, default=5, help="stage-0 LMs (seeds 0..N-1)")
+    known, rest = own.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if known.lms < 1:
+        raise SystemExit(f"held_out: --lms must be at least 1, got {known.lms}")
+    args = cli(__doc__, rest)
+    if args.seeds or args.stage0_per_seed:
+        raise SystemExit("held_out: --seeds and --stage0-per-seed do not apply; each LM trains seed 0 (--lms N)")
+    args.seeds = 1
+    return run_one(comparison(args.quick, known.lms), args)
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def stage0_versions(runs: list[dict]) -> dict:
             versions["unrecorded"] += 1
             continue
         for part, digest in r["stage0_weights"].items():
-            seen = versions.setdefault(f"seed{r.get('stage0_seed', 0)}/{part}", [])
+            seen = versions.setdefault(f"seed{part_seed(r, part)}/{part}", [])
             if digest not in seen:
                 seen.append(digest)
     return versions
@@ -161,11 +161,16 @@ def stage0_on_disk(root: Path) -> dict[str, str]:
 def from_stage0(record: dict, disk: dict[str, str]) -> bool:
     """Whether `record` started from the stage-0 weights on disk (`stage0_on_disk`). Every job of a
     suite must start from one stage 0, and a job's key names stage 0's config, not its weights: stage 0
-    retrained on another machine is another model. A record whose stage-0 seed has nothing on disk
-    stands (a clone whose stage 0 was not committed still rebuilds its reports); beside a stage 0 on
-    disk, a record without digests (older than them) does not."""
-    seed = f"seed{record.get('stage0_seed', 0)}/"
-    if not any(k.startswith(seed) for k in disk):
-        return True
+    retrained on another machine is another model. A part with nothing on disk stands (a clone whose
+    stage 0 was not committed still rebuilds its reports); beside a stage 0 on disk, a record without
+    digests (older than them) does not."""
     used = record.get("stage0_weights")
-    return used is not None and all(disk.get(seed + part, h) == h for part, h in used.items())
+    if used is None:
+        return not any(k.startswith(f"seed{record.get('stage0_seed', 0)}/") for k in disk)
+    return all(disk.get(f"seed{part_seed(record, part)}/{part}", h) == h for part, h in used.items())
+
+
+def part_seed(record: dict, part: str) -> int:
+    """The stage-0 seed a record's `part` came from: its own stage 0's, or an LM axis's LM
+    (`stage0_seeds`, `ablations.plan.over_lms`)."""
+    return record.get("stage0_seeds", {}).get(part, record.get("stage0_seed", 0))

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,23 @@ class Variant:
     # under a tight budget, a ViT tuned on a small set), and a variant of the same model where that
     # mechanism cannot act. `ablations.targets.exemptions` applies the rule to the results.
     shortfall: tuple[str, str] | None = None
+    # The stage-0 LM it starts from, where an axis over LMs sets it (`over_lms`); otherwise its job's own.
+    lm_seed: int | None = None
+    # What its job measures when not the suite's `ablations.evaluate`: a module-level function (jobs go to
+    # worker processes) `(plan, model, final run folder, seed) -> {"metrics": {name: float}, ...}`, the
+    # other entries kept in the job's record. Its name is part of the job's fingerprint.
+    measure: Callable | None = None
 
     def stage0_parts(self) -> list[str]:
         """The stage-0 parts its recipe starts from ("vision", "lm")."""
         return sorted({i.split("/", 1)[1] for s in self.recipe for i in s.init if i.startswith("stage0/")})
+
+
+def over_lms(variants: list[Variant], lms: int) -> list[Variant]:
+    """An axis over stage-0 LMs: each variant once per LM seed 0..lms-1, named `{name}_lm{seed}`, each
+    beside its job's own ViT. The LMs are pretrained alike and differ only in their seed: the axis
+    measures how much of a result is the draw of one LM."""
+    return [dataclasses.replace(v, name=f"{v.name}_lm{lm}", lm_seed=lm) for v in variants for lm in range(lms)]
 
 
 @dataclasses.dataclass
@@ -93,6 +107,9 @@ class Comparison:
     paper: dict[str, str]
     verdicts: Any  # (runs) -> list of verdict rows
     extra_metrics: tuple[str, ...] = ()
+    # (runs) -> (entries added to its results.json, markdown added to its table.md): a comparison's own
+    # tables beside the generic one (the held-out sweep's, LM by LM)
+    details: Callable | None = None
 
 
 def cli(description: str, argv: list[str] | None = None) -> argparse.Namespace:
@@ -187,6 +204,16 @@ class Plan:
         """The stage 0 that a job of `seed` starts from."""
         return 0 if self.budget.shared_stage0 else seed
 
+    def part_seeds(self, v: Variant, seed: int) -> dict[str, int]:
+        """The stage-0 seed of each part a job starts from: its own stage 0's, but for the LM of a
+        variant on an LM axis (`over_lms`)."""
+        own = self.stage0_seed(seed)
+        return {"vision": own, "lm": own if v.lm_seed is None else v.lm_seed}
+
+    def axis_lms(self, jobs: list[tuple], pretrained: list[int]) -> list[int]:
+        """The LM seeds an LM axis needs beyond the suite's own stage 0 (`pretrained`)."""
+        return sorted({v.lm_seed for _, v, _ in jobs if v.lm_seed is not None} - set(pretrained))
+
     def stage0_dir(self, seed: int) -> Path:
         """Stage 0 of a seed: kept with the results (committed), not in the scratch run folders.
         Its training is bit-exact on one machine but not across machines (the quick LM retrained in
@@ -197,14 +224,17 @@ class Plan:
     def job(self, comparison: str, v: Variant, seed: int) -> tuple[Path, str]:
         """A (comparison, variant, seed) job's run folder and its fingerprint. Two jobs with one
         fingerprint (of two comparisons) compute the same thing and are trained once (`run_all`)."""
+        seeds = self.part_seeds(v, seed)
+        measure = [f"{v.measure.__module__}.{v.measure.__qualname__}"] if v.measure else []
         key = key_of(
             [
                 PROTOCOL,
-                {part: self.stage0_key(self.stage0_seed(seed), part) for part in v.stage0_parts()},
+                {part: self.stage0_key(seeds[part], part) for part in v.stage0_parts()},
                 self.plan(v, seed),
                 v.eval_overrides,
                 self.budget.per_family,
                 self.budget.probe_fit if v.probe and seed == 0 else None,
+                *measure,
             ]
         )
         return self.work / comparison / v.name / f"seed{seed}", key
@@ -245,4 +275,5 @@ class Plan:
             for stage, keys_of in self.provenance(by_name[name], v, seed):
                 set_here = ", ".join(f"{k}={json.dumps(x)} ({layer})" for k, (x, layer) in sorted(keys_of.items()))
                 lines.append(f"  {stage}: {set_here}")
-        return lines + preflight.report(self, jobs, keys, ledger, preflight.stage0_changes(self, pretrained))
+        changes = preflight.stage0_changes(self, pretrained, self.axis_lms(jobs, pretrained))
+        return lines + preflight.report(self, jobs, keys, ledger, changes)

@@ -12,6 +12,7 @@ new words) stays valid: the new words start untrained, as in any extended vocabu
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from lab.rundir import RunDir
@@ -32,29 +33,30 @@ def covers_families(record: dict) -> bool:
     return all(f"chance_{f}" in metrics for f in scored_families())
 
 
-def stage0_changes(runner, seeds: list[int]) -> list[tuple[str, str, bool]]:
-    """(part folder, why, replaces a finished part) for every stage-0 part that would train."""
+def stage0_changes(runner, seeds: Sequence[int], lm_seeds: Sequence[int] = ()) -> list[tuple[str, str, bool]]:
+    """(part folder, why, replaces a finished part) for every stage-0 part that would train: both parts
+    of `seeds`, the LM alone of `lm_seeds` (an LM axis, `ablations.plan.over_lms`)."""
     from lab.data import scene_tokenizer
     from lab.data.tokenizer import FILE, WordTokenizer
     from lab.train.checkpoint import config_difference
 
     out = []
-    for seed in seeds:
-        for part in runner.budget.stage0_steps:
-            folder = runner.stage0_dir(seed) / part
-            key = runner.stage0_key(seed, part)
-            stored = folder / "fingerprint"
-            finished = RunDir(folder).summary_file.exists() and stored.exists()
-            if finished and stored.read_text() == key:
-                continue
-            why = "not trained yet"
-            if finished:
-                saved = json.loads(RunDir(folder).train_config_file.read_text())
-                cfg = runner.config(part, seed, {}, runner.budget.stage0_steps[part]).identity()
-                diff = config_difference(saved, cfg) or ["the ablations' PROTOCOL"]
-                why = "trained under other settings: " + "; ".join(diff)
-            out.append((str(folder), why, finished))
-    for seed in seeds:
+    wanted = [(seed, part) for seed in seeds for part in runner.budget.stage0_steps]
+    for seed, part in wanted + [(seed, "lm") for seed in lm_seeds]:
+        folder = runner.stage0_dir(seed) / part
+        key = runner.stage0_key(seed, part)
+        stored = folder / "fingerprint"
+        finished = RunDir(folder).summary_file.exists() and stored.exists()
+        if finished and stored.read_text() == key:
+            continue
+        why = "not trained yet"
+        if finished:
+            saved = json.loads(RunDir(folder).train_config_file.read_text())
+            cfg = runner.config(part, seed, {}, runner.budget.stage0_steps[part]).identity()
+            diff = config_difference(saved, cfg) or ["the ablations' PROTOCOL"]
+            why = "trained under other settings: " + "; ".join(diff)
+        out.append((str(folder), why, finished))
+    for seed in [*seeds, *lm_seeds]:
         folder = runner.stage0_dir(seed) / "lm"
         if (folder / FILE).exists():
             old, new = WordTokenizer.load(folder), scene_tokenizer()

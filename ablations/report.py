@@ -47,19 +47,22 @@ def summarize(runs: list[dict]) -> dict:
         mine = [r for r in runs if r["variant"] == name]
         rs = [r["metrics"] for r in mine]
         same = [r["metrics"] for r in mine if r.get("device", "cpu") == fast]
-        out[name] = {k: mean_std([m[k] for m in (same if k.endswith("_per_s") else rs)]) for k in rs[0]}
+        common = [k for k in rs[0] if all(k in m for m in rs)]  # a metric measured since is left out
+        out[name] = {k: mean_std([m[k] for m in (same if k.endswith("_per_s") else rs)]) for k in common}
     return out
 
 
 def table(result: dict, extra=()) -> str:
     cols = ["held_in_acc", "held_in_eval_se", "held_out_acc", "held_out_ranked_acc", *extra]
     cols += ["llm_tokens_per_image", "trainable_parameters"]
+    cols = [c for c in cols if any(c in s for s in result["summary"].values())]  # what its jobs measured
+    families = [f for f in QA_FAMILIES if any(f"acc_{f}" in s for s in result["summary"].values())]
     seeds = result["config"]["budget"]["seeds"]
     lines = [
         f"### {result['comparison']} ({result['config']['mode']} mode, {seeds} seeds)",
         "",
-        "| variant | group | " + " | ".join(cols) + " | " + " | ".join(QA_FAMILIES) + " |",
-        "|" + "---|" * (len(cols) + 2 + len(QA_FAMILIES)),
+        "| variant | group | " + " | ".join([*cols, *families]) + " |",
+        "|" + "---|" * (len(cols) + 2 + len(families)),
     ]
     groups = {r["variant"]: r["group"] for r in result["runs"]}
     if len({r.get("device", "cpu") for r in result["runs"]}) > 1:  # speeds from one device (`summarize`)
@@ -75,13 +78,10 @@ def table(result: dict, extra=()) -> str:
                 cells.append(f"{m['mean']:.4f}")
             else:
                 cells.append(f"{m['mean']:.3f} ± {m['std']:.3f}")
-        fam = [f"{s[f'acc_{f}']['mean']:.2f}" if f"acc_{f}" in s else "" for f in QA_FAMILIES]
-        lines.append(f"| {name} | {groups[name]} | " + " | ".join(cells) + " | " + " | ".join(fam) + " |")
-    lines += [
-        "",
-        "| claim | paper | ours: paired Δ [95 % interval, Student's t] | verdict |",
-        "|---|---|---|---|",
-    ]
+        cells += [f"{s[f'acc_{f}']['mean']:.2f}" if f"acc_{f}" in s else "" for f in families]
+        lines.append(f"| {name} | {groups[name]} | " + " | ".join(cells) + " |")
+    if result["verdicts"]:
+        lines += ["", "| claim | paper | ours: paired Δ [95 % interval, Student's t] | verdict |", "|---|---|---|---|"]
     for v in result["verdicts"]:
         paper = result["paper"].get(v["claim"], "")
         lines.append(f"| {v['claim']} | {paper} | {effect_cell(v)} | {verdict_cell(v)} |")

@@ -111,13 +111,14 @@ def held_out_section(folder: Path) -> list[str]:
     f = folder / "results.json"
     if not f.exists():
         return []
-    res = json.loads(f.read_text())
+    whole = json.loads(f.read_text())
+    res = {**whole["sweep"], "git_commit": whole["git_commit"], "wall_s": whole["wall_s"]}
     got = "; ".join(f"{WAYS[w]} **{m:.3f} ± {sd:.3f}**" for w, (m, sd) in res["summary"].items())
     return (
         [
             f"### Held-out over {res['lms']} stage-0 LMs",
             "",
-            f"`python -m ablations.held_out` (commit `{res['git_commit'][:10]}`, {res['wall_s'] / 60:.0f} min of jobs "
+            f"`python -m ablations held_out` (commit `{res['git_commit'][:10]}`, {res['wall_s'] / 60:.0f} min of jobs "
             f"plus stage 0): the recipe of `{res['recipe']}` on {res['lms']} LMs (seeds 0..{res['lms'] - 1}, each "
             "beside the seed-0 ViT), each model's held-out answers (test split, ranked) read three ways: from the "
             "image's soft tokens (the suite's score); through its own caption (the model describes the image, its "

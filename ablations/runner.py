@@ -43,8 +43,8 @@ def run_one(comparison, args) -> int:
     runner = Runner(args)
     if args.plan:
         print("\n".join(runner.plan_lines([comparison])))
-    else:
-        runner.run_all([comparison])
+    else:  # its own clock: the suite's (OUT/suite.json) times the whole suite
+        runner.run_all([comparison], clock=runner.out / comparison.name / "suite.json")
     return 0
 
 
@@ -96,20 +96,26 @@ class Runner(Plan):
         import lab
 
         t0 = time.perf_counter()
-        stage0 = self.stage0_dir(self.stage0_seed(seed))
-        outputs, summary = self.train_recipe(v, seed, folder, {part: stage0 / part for part in ("vision", "lm")})
+        seeds = self.part_seeds(v, seed)
+        stage0 = {part: self.stage0_dir(s) / part for part, s in seeds.items()}
+        outputs, summary = self.train_recipe(v, seed, folder, stage0)
         final = outputs[v.recipe[-1].stage]
         train_s = time.perf_counter() - t0
         model = lab.load_pretrained(final).to(self.args.device)
-        metrics = evaluate(model, final, v.eval_overrides, self.budget.per_family, seed)
-        metrics["retrieval_acc"] = retrieval(model, stage0 / "vision", final)
-        metrics["retrieval_acc_stage0"] = json.loads((stage0 / "vision" / "retrieval.json").read_text())[
-            "retrieval_acc"
-        ]
-        metrics["trainable_parameters"] = float(summary["trainable_parameters"])
-        metrics["llm_tokens_per_image"] = float(model.cfg.image_tokens)
-        metrics["train_samples_per_s"] = float(summary["samples_per_s"])
-        weights = {part: weights_digest(stage0 / part) for part in v.stage0_parts()}
+        measured: dict = {}
+        if v.measure is not None:  # a comparison's own measurement (the held-out sweep's)
+            measured = v.measure(self, model, final, seed)
+            metrics = measured.pop("metrics")
+        else:
+            metrics = evaluate(model, final, v.eval_overrides, self.budget.per_family, seed)
+            metrics["retrieval_acc"] = retrieval(model, stage0["vision"], final)
+            metrics["retrieval_acc_stage0"] = json.loads((stage0["vision"] / "retrieval.json").read_text())[
+                "retrieval_acc"
+            ]
+            metrics["trainable_parameters"] = float(summary["trainable_parameters"])
+            metrics["llm_tokens_per_image"] = float(model.cfg.image_tokens)
+            metrics["train_samples_per_s"] = float(summary["samples_per_s"])
+        weights = {part: weights_digest(stage0[part]) for part in v.stage0_parts()}
         probe = None
         if v.probe and seed == 0:
             from ablations.probe import probe_run
@@ -131,7 +137,10 @@ class Runner(Plan):
             "stage0_seed": self.stage0_seed(seed),
             "stage0_weights": weights,
             "fingerprint": key,
+            **measured,
         }
+        if v.lm_seed is not None:  # on an LM axis: the parts come from two stage-0 seeds
+            res["stage0_seeds"] = seeds
         for out in outputs.values():  # keep the results, not every intermediate checkpoint
             shutil.rmtree(RunDir(out).checkpoints, ignore_errors=True)
         return res
@@ -169,12 +178,13 @@ class Runner(Plan):
             "cells": cell_probe(root / "vision", n_fit=2 * n, n_test=n // 2),
         }
 
-    def run_all(self, comparisons: list[Comparison]) -> dict[str, dict]:
+    def run_all(self, comparisons: list[Comparison], clock: Path | None = None) -> dict[str, dict]:
         """Every (comparison, variant, seed) job the ledger lacks, `--workers` at a time, after stage 0
-        (once, or for every seed), which trains only when a job or a stage-0 measurement is missing."""
+        (once, or for every seed), which trains only when a job or a stage-0 measurement is missing.
+        `clock`: where the wall time of these comparisons is kept (`SuiteClock`; OUT/suite.json)."""
         jobs, keys, pretrained = self.suite_jobs(comparisons)
         ledger = Ledger(self.out / "jobs.jsonl")
-        clock = SuiteClock(self.out / "suite.json", key_of(sorted(keys)), len(jobs), self.args)
+        clock = SuiteClock(clock or self.out / "suite.json", key_of(sorted(keys)), len(jobs), self.args)
         first: dict[str, int] = {}  # fingerprint -> index of the job that trains it
         same = [first.setdefault(k, i) for i, k in enumerate(keys)]
         text_keys = {s: self.stage0_text_key(s) for s in pretrained}
@@ -190,7 +200,8 @@ class Runner(Plan):
             }
             return todo, [s for s in pretrained if not fresh(text_keys[s])], not fresh(probe_key)
 
-        changes = preflight.stage0_changes(self, pretrained)  # read once: the report and the refusal share it
+        # read once: the report and the refusal share it
+        changes = preflight.stage0_changes(self, pretrained, self.axis_lms(jobs, pretrained))
         print("\n".join(preflight.report(self, jobs, keys, ledger, changes)), flush=True)
         todo, missing_text, missing_probes = missing()
         if todo or missing_text or missing_probes:
@@ -199,6 +210,7 @@ class Runner(Plan):
         with open_pool(self.args.workers) as pool:
             if todo or missing_text or missing_probes:
                 parts = [(self, "stage0", (s, stage)) for s in pretrained for stage in self.budget.stage0_steps]
+                parts += [(self, "stage0", (s, "lm")) for s in self.axis_lms(jobs, pretrained)]
                 clock.reused |= any(list(pool.map(call, parts)))  # stage 0 first
                 todo, missing_text, missing_probes = missing()  # against the stage 0 now on disk
                 stale = sum(keys[i] in ledger for i in todo)
@@ -281,12 +293,17 @@ class Runner(Plan):
             "git_commit": git_commit(),
             "wall_s": sum(r["wall_s"] for r in runs),
         }
+        text = table(result, c.extra_metrics)
+        if c.details is not None:
+            more, markdown = c.details(runs)
+            result |= more
+            text += "\n" + markdown
         folder = self.out / c.name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "results.json").write_text(json.dumps(result, indent=2))
-        (folder / "table.md").write_text(table(result, c.extra_metrics))
+        (folder / "table.md").write_text(text)
         plot(result, folder / "plot.png")
-        print(table(result, c.extra_metrics), flush=True)
+        print(text, flush=True)
         return result
 
 

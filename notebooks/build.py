@@ -168,7 +168,7 @@ NOTEBOOKS = {
             "root = pathlib.Path('../ablations/results')\n"
             "files = sorted(root.glob('*/results.json')) or sorted(root.glob('quick/*/results.json'))  # full mode, else quick\n"
             "results = {p.parent.name: json.loads(p.read_text()) for p in files}\n"
-            "results = {k: r for k, r in results.items() if 'verdicts' in r}  # the comparisons (held_out/ is the LM sweep)\n"
+            "results = {k: r for k, r in results.items() if 'sweep' not in r}  # the suite (held_out/: below)\n"
             "list(results)"
         ),
         new_code_cell(
@@ -185,7 +185,7 @@ NOTEBOOKS = {
         ),
         new_markdown_cell(
             "## Held-out over stage-0 LMs\n\n"
-            "`python -m ablations.held_out`: one frozen-LLM recipe on several stage-0 LMs, each model's held-out answers "
+            "`python -m ablations held_out`: one frozen-LLM recipe on an axis over stage-0 LMs, each model's held-out answers "
             "read from the image's soft tokens, through its own caption, and from the true caption; and the same with "
             "hand-off distillation (`handoff_weight`). Where *through words* is far above *from the image*, the content "
             "crossed the connector and the hand-off to the LLM lost it.\n"
@@ -193,7 +193,7 @@ NOTEBOOKS = {
         new_code_cell(
             "f = root / 'held_out' / 'results.json'\n"
             "if f.exists():\n"
-            "    sweep = json.loads(f.read_text())\n"
+            "    sweep = json.loads(f.read_text())['sweep']\n"
             "    held_out = lambda rec, way: sum(rec[way].values()) / len(rec[way])\n"
             "    arms = {'plain': sweep['records'], f\"hand-off {sweep['handoff']['weight']:g}\": sweep['handoff']['records']}\n"
             "    fig, ax = plt.subplots(figsize=(7, 2.8))\n"

@@ -466,37 +466,63 @@ def test_smoke_suite_writes_a_report(tmp_path):
 
 
 def test_held_out_sweep_reads_each_lm_three_ways_and_resumes(tmp_path):
-    """`ablations.held_out`, a few steps each: one LM per seed beside one ViT, each model's held-out
-    answers scored directly, through its own caption and from the true caption; a rerun trains
-    nothing; the report renders the table. Plumbing, not models."""
+    """`python -m ablations held_out`, a few steps each: a comparison on an axis over stage-0 LMs (one
+    LM per seed beside one ViT) through the suite's runner and ledger; each model's held-out answers
+    scored directly, through its own caption and from the true caption; a rerun trains nothing, a
+    third LM trains; the report renders the table. Plumbing, not models."""
     import lab.train
     from ablations.held_out import HANDOFF, main
+    from ablations.ledger import Ledger
     from ablations.report_sections import held_out_section
     from ablations.sweep_table import WAYS
     from lab.data import HELD_OUT
 
     argv = ["--smoke", "--lms", "2", "--workers", "1", "--out", str(tmp_path)]
     assert main(argv) == 0
-    res = json.loads((tmp_path / "results.json").read_text())
-    records = res["records"]
+    res = json.loads((tmp_path / "held_out" / "results.json").read_text())
+    assert sorted(res["summary"]) == ["handoff_lm0", "handoff_lm1", "plain_lm0", "plain_lm1"]
+    records = res["sweep"]["records"]
     assert [r["lm_seed"] for r in records] == [0, 1]
-    tried = res["handoff"]["records"]  # the second arm: the same LMs, hand-off distillation on
+    tried = res["sweep"]["handoff"]["records"]  # the second arm: the same LMs, hand-off distillation on
     want = [(0, HANDOFF, 0.0), (1, HANDOFF, 0.0)]  # (LM, weight in instruction tuning, weight in stage 2)
     assert [(r["lm_seed"], r["handoff_weight"], r["handoff_stage2"]) for r in tried] == want
-    assert set(res["handoff"]["paired"]) == {"held_in", "held_out_direct"}
+    assert set(res["sweep"]["handoff"]["paired"]) == {"held_in", "held_out_direct"}
     assert all(0 <= r[w][f] <= 1 for r in records for w in WAYS for f in HELD_OUT)
     assert records[0]["stage0_weights"]["vision"] == records[1]["stage0_weights"]["vision"]
     assert records[0]["stage0_weights"]["lm"] != records[1]["stage0_weights"]["lm"]
+    jobs = Ledger(tmp_path / "jobs.jsonl").of_kind("job")  # the suite's ledger: one record per (arm, LM)
+    assert sorted(r["stage0_seeds"]["lm"] for r in jobs) == [0, 0, 1, 1]
+    assert (tmp_path / "stage0" / "seed1" / "lm").is_dir() and not (tmp_path / "stage0" / "seed1" / "vision").exists()
     with mock.patch.object(lab.train, "train", side_effect=RuntimeError("trained")):
         assert main(argv) == 0
         with pytest.raises(RuntimeError, match="trained"):
             main([*argv[:2], "3", *argv[3:]])  # a third LM is not in the ledger: it trains
-    text = "\n".join(held_out_section(tmp_path))
+    text = "\n".join(held_out_section(tmp_path / "held_out"))
     assert "Held-out over 2 stage-0 LMs" in text and "mean ± s.d. (2 LMs)" in text
     assert f"handoff_weight={HANDOFF:g}" in text and "in instruction tuning" in text
-    gaps = [r["handoff_gap"] for r in [*res["records"], *res["handoff"]["records"]]]
+    gaps = [r["handoff_gap"] for r in [*records, *tried]]
     assert all(set(HELD_OUT) <= set(g) and all(x > 0 for x in g["compare_count"]) for g in gaps)
     assert "gap, compare_count" in text
+
+
+def test_an_lm_axis_keys_each_job_by_its_own_lm():
+    """`over_lms`: the LM of each job is its variant's, the ViT the job's own; every other variant's
+    fingerprint is what it was, and a measurement of its own sets a job apart from the same recipe."""
+    import dataclasses as dc
+
+    from ablations import held_out, stage1
+    from ablations.plan import Plan, cli
+
+    plan = Plan(cli("", ["--quick"]))
+    swept = held_out.variants(True, 3)
+    assert [v.name for v in swept] == [f"{a}_lm{n}" for a in held_out.ARMS for n in range(3)]
+    assert plan.part_seeds(swept[2], 0) == {"vision": 0, "lm": 2}
+    keys = [plan.job("held_out", v, 0)[1] for v in swept]
+    assert len(set(keys)) == len(keys)
+    recipe = next(v for v in stage1.variants(True) if v.name == held_out.RECIPE[1])
+    assert plan.job("stage1", recipe, 0)[1] != plan.job("held_out", dc.replace(swept[0], name=recipe.name), 0)[1]
+    same = dc.replace(recipe, lm_seed=0)  # an axis at the job's own LM, measured alike: the same job
+    assert plan.job("stage1", same, 0)[1] == plan.job("stage1", recipe, 0)[1]
 
 
 def test_lab_ablate_and_python_m_ablations_read_one_registry(monkeypatch, capsys):
