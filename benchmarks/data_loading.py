@@ -13,11 +13,14 @@ Two synthetic LLaVA data sets, written under --work:
 
 Each measurement runs in a fresh process (its peak RSS is its own); "first run" starts from an empty
 cache (LAB_CACHE_DIR), "second run" from the cache the first left. The OS page cache is warm in both
-(the files were just written), which is what a second run sees; a first run on a cold disk reads more.
+(every file is read once before the first measurement, as if just written), which is what a second run
+sees; a first run on a cold disk reads more. The per-image header cost, which the extrapolation
+multiplies by 665K, is the median of three first runs of each small set.
 Throughput: micro-batches of 16 samples at 336 px through `lab.train.loader.step_batches` with 0, 1
 and 2 workers, against one synchronous core (0 workers, torch at 1 thread); the batches arrive with
-uint8 pixels, which the trainer turns into floats on the training device. Seven interleaved rounds;
-the speed-up is the median of the rounds' own ratios (the speed of a shared machine drifts between minutes). Results:
+uint8 pixels, which the trainer turns into floats on the training device. Eleven interleaved rounds
+of 60 micro-batches each; the speed-up is the median of the rounds' own ratios (the speed of a shared
+machine drifts between minutes). Results:
 benchmarks/results/data_loading_<machine>.json.
 """
 
@@ -129,7 +132,7 @@ def child(kind: str, data: str, images: str, workers: int, decode: str, position
         out["first_batch_s"] = time.perf_counter() - t
         out["to_step_1_s"] = time.perf_counter() - t0
     else:  # throughput
-        n_batches = 40
+        n_batches = 60
         batches = step_batches(ds, collator, position=0, steps=n_batches + 2, batch_size=16, rank=0, local=16,
                                micro=16, accum=1, workers=workers, pin=False)  # fmt: skip
         next(batches), next(batches)  # workers started and their queues filled
@@ -140,6 +143,17 @@ def child(kind: str, data: str, images: str, workers: int, decode: str, position
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["records"] = len(ds)
     return out
+
+
+def warm(images: Path) -> None:
+    """Read every file once, so that each measurement finds them in the OS page cache."""
+    for f in sorted(images.iterdir()):
+        f.read_bytes()
+
+
+def median_of(runs: list[dict]) -> dict:
+    """The run whose `images_s` is the median of `runs` (an odd number)."""
+    return sorted(runs, key=lambda r: r["images_s"])[len(runs) // 2]
 
 
 def measure(kind, data, images, workers, cache: Path, decode="auto", position=0) -> dict:
@@ -175,26 +189,32 @@ def main() -> int:
     coco = make_coco(work / f"coco{args.images}", args.images)
     tiny = make_tiny(work / f"tiny{args.records}", args.records)
     tiny_small = make_tiny(work / f"tiny{args.images}", args.images)  # per-file costs beside the COCO set's
-    print(f"data sets ready ({time.perf_counter() - t:.0f} s)", flush=True)
+    for _, images in (coco, tiny_small, tiny):
+        warm(images)
+    print(f"data sets ready and read once ({time.perf_counter() - t:.0f} s)", flush=True)
     caches = work / "caches"
     shutil.rmtree(caches, ignore_errors=True)
     res: dict = {"coco": {}, "tiny": {}}
     # COCO-sized: what each image costs. A header-only first run (what happens at 665K, where decoding
     # everything before step 1 would take far over a minute), a first run as it decides at this size,
     # then a second run and a resume on the cache it left.
-    res["coco"]["first_headers_only"] = measure("startup", *coco, w, caches / "c0", decode="no")
+    res["coco"]["first_headers_only"] = median_of(
+        [measure("startup", *coco, w, caches / f"c0{i}", decode="no") for i in range(3)]
+    )
     res["coco"]["first"] = measure("startup", *coco, w, caches / "c1")
     res["coco"]["second"] = measure("startup", *coco, w, caches / "c1")
     res["coco"]["resume"] = measure("startup", *coco, w, caches / "c1", position=10**6)
     res["coco"]["decode_all"] = measure("startup", *coco, w, caches / "c2", decode="yes")
-    rounds = [{n: measure("throughput", *coco, n, caches / "c1") for n in (0, 1, 2)} for _ in range(7)]
+    rounds = [{n: measure("throughput", *coco, n, caches / "c1") for n in (0, 1, 2)} for _ in range(11)]
     res["coco"]["throughput"] = {  # interleaved rounds, the median of each: this machine's speed drifts
-        n: {"samples_per_s": sorted(r[n]["samples_per_s"] for r in rounds)[3], "rounds": [r[n] for r in rounds]}
+        n: {"samples_per_s": sorted(r[n]["samples_per_s"] for r in rounds)[5], "rounds": [r[n] for r in rounds]}
         for n in (0, 1, 2)
     }
     # the speed-up within each round (its runs minutes apart at most), then the median over rounds
     res["coco"]["speedup_2_workers_by_round"] = [r[2]["samples_per_s"] / r[0]["samples_per_s"] for r in rounds]
-    res["tiny"]["first_small_headers_only"] = measure("startup", *tiny_small, w, caches / "t0", decode="no")
+    res["tiny"]["first_small_headers_only"] = median_of(
+        [measure("startup", *tiny_small, w, caches / f"t0{i}", decode="no") for i in range(3)]
+    )
     res["tiny"]["first"] = measure("startup", *tiny, w, caches / "t1")
     res["tiny"]["second"] = measure("startup", *tiny, w, caches / "t1")
     res["tiny"]["resume"] = measure("startup", *tiny, w, caches / "t1", position=10**6)

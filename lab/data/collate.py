@@ -8,7 +8,7 @@ Training batches are right-padded; generation prompts are left-padded (what `gen
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,18 +22,20 @@ IGNORE = -100
 
 
 _UINT8 = False  # inside `uint8_pixels()`: batches keep their pixels as bytes
+_INTO = None  # and, in a loader worker, the shared buffer they are written into
 
 
 @contextlib.contextmanager
-def uint8_pixels():
+def uint8_pixels(into: Callable[[tuple[int, ...]], torch.Tensor] | None = None):
     """Collate with `pixel_values` left as uint8 `b 3 H W`, for `float_pixels` to finish on the
-    training device: a loader worker hands over a quarter of the bytes (and a GPU receives them)."""
-    global _UINT8
-    before, _UINT8 = _UINT8, True
+    training device: a loader worker hands over a quarter of the bytes (and a GPU receives them).
+    `into(shape)`: a loader worker's shared buffer for them (`lab.train.loader`), else a new one."""
+    global _UINT8, _INTO
+    before, _UINT8, _INTO = (_UINT8, _INTO), True, into
     try:
         yield
     finally:
-        _UINT8 = before
+        _UINT8, _INTO = before
 
 
 def float_pixels(x: torch.Tensor) -> torch.Tensor:
@@ -41,7 +43,7 @@ def float_pixels(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(127.5).sub(1.0)
 
 
-def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
+def shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
     """An uninitialised uint8 tensor in shared memory (`share_memory_` would copy its garbage there)."""
     n = int(np.prod(shape))
     new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # torch's own, for DataLoader batches
@@ -53,7 +55,7 @@ def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
 def pixels(images: Sequence[np.ndarray]) -> torch.Tensor:
     """uint8 `H W 3` images -> `b 3 H W` floats in [-1, 1] (uint8 inside `uint8_pixels()`)."""
     if _UINT8 and get_worker_info() is not None:  # a loader worker: stacked straight into shared memory,
-        out = _shared_uint8((len(images), *images[0].shape))  # not copied there when the batch is sent
+        out = (_INTO or shared_uint8)((len(images), *images[0].shape))  # not copied there when sent
         np.stack(images, out=out.numpy())
         return rearrange(out, "b h w c -> b c h w")
     x = rearrange(torch.from_numpy(np.stack(images)), "b h w c -> b c h w")
