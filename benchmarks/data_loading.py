@@ -1,6 +1,6 @@
 """LLaVA-scale data: time to step 1 (first run, second run, resume), loader throughput, peak memory.
 
-    python -m benchmarks.data_loading                 # 2,000 COCO-sized JPEGs + a 665K-record JSON (about 10 min)
+    python -m benchmarks.data_loading                 # 2,000 COCO-sized JPEGs + a 665K-record JSON (about 7 min)
     python -m benchmarks.data_loading --records 50000 # a smaller JSON, for a quick look
 
 Two synthetic LLaVA data sets, written under --work:
