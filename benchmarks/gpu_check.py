@@ -144,7 +144,7 @@ def e2e(device: str = "cuda", steps: int = 20, batch: int = 8, tiny: bool = Fals
                 if device == "cuda":
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t)
-                losses.append(float(loss))
+                losses.append(loss.item())
             row[impl] = {
                 "losses": losses,
                 "median_step_ms": 1e3 * sorted(times[2:] or times)[len(times[2:] or times) // 2],
