@@ -33,7 +33,7 @@ from ablations import stage1
 from ablations.plan import Comparison, Variant, cli, over_lms
 from ablations.runner import run_one
 from ablations.stage1 import HANDOFF
-from ablations.sweep_table import WAYS, gap_table, paired, summary, table
+from ablations.sweep_table import WAYS, gap_table, held_out, paired, summary, table
 from lab.data.tasks import HELD_OUT
 
 RECIPE = ("stage1", "qformer_no_stage1")  # (comparison, variant): its recipe, unchanged
@@ -81,12 +81,11 @@ def metrics_of(held_in: float, ways: dict[str, dict[str, float]], slot_recall: f
     (`held_out_ranked_acc` is `direct`, the suite's held-out score), and the chance levels of `data`."""
     from ablations.evaluate import chance
 
-    mean = {w: sum(acc[f] for f in HELD_OUT) / len(HELD_OUT) for w, acc in ways.items()}
     return {
         "held_in_acc": held_in,
-        "held_out_ranked_acc": mean["direct"],
-        "held_out_words_acc": mean["words"],
-        "held_out_caption_acc": mean["caption"],
+        "held_out_ranked_acc": held_out(ways, "direct"),
+        "held_out_words_acc": held_out(ways, "words"),
+        "held_out_caption_acc": held_out(ways, "caption"),
         "caption_slot_recall": slot_recall,
         **{f"chance_{f}": c for f, c in chance(data).items()},
     }

@@ -183,6 +183,7 @@ class Runner(Plan):
         (once, or for every seed), which trains only when a job or a stage-0 measurement is missing.
         `clock`: where the wall time of these comparisons is kept (`SuiteClock`; OUT/suite.json)."""
         jobs, keys, pretrained = self.suite_jobs(comparisons)
+        axis_lms = self.axis_lms(jobs, pretrained)
         ledger = Ledger(self.out / "jobs.jsonl")
         clock = SuiteClock(clock or self.out / "suite.json", key_of(sorted(keys)), len(jobs), self.args)
         first: dict[str, int] = {}  # fingerprint -> index of the job that trains it
@@ -201,7 +202,7 @@ class Runner(Plan):
             return todo, [s for s in pretrained if not fresh(text_keys[s])], not fresh(probe_key)
 
         # read once: the report and the refusal share it
-        changes = preflight.stage0_changes(self, pretrained, self.axis_lms(jobs, pretrained))
+        changes = preflight.stage0_changes(self, pretrained, axis_lms)
         print("\n".join(preflight.report(self, jobs, keys, ledger, changes)), flush=True)
         todo, missing_text, missing_probes = missing()
         if todo or missing_text or missing_probes:
@@ -210,7 +211,7 @@ class Runner(Plan):
         with open_pool(self.args.workers) as pool:
             if todo or missing_text or missing_probes:
                 parts = [(self, "stage0", (s, stage)) for s in pretrained for stage in self.budget.stage0_steps]
-                parts += [(self, "stage0", (s, "lm")) for s in self.axis_lms(jobs, pretrained)]
+                parts += [(self, "stage0", (s, "lm")) for s in axis_lms]
                 clock.reused |= any(list(pool.map(call, parts)))  # stage 0 first
                 todo, missing_text, missing_probes = missing()  # against the stage 0 now on disk
                 stale = sum(keys[i] in ledger for i in todo)
